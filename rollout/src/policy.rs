@@ -1,0 +1,48 @@
+//! A loaded checkpoint: model, tokenizer and chat template together.
+
+use crate::chat::{ChatTemplate, Message};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+pub struct Policy {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+}
+
+impl Policy {
+    pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        if !dir.join("config.json").exists() {
+            anyhow::bail!(
+                "{}: not a model directory (no config.json); run scripts/setup.sh to create the base model",
+                dir.display()
+            );
+        }
+        let model = Model::load(dir, device, kind)?;
+        let tokenizer = Tokenizer::from_dir(dir, &model.config.eos_token_ids)?;
+        let template = tokenizer.chat_template(dir)?;
+        let chat = ChatTemplate::new(
+            template,
+            tokenizer.bos_token.clone(),
+            tokenizer.eos_token.clone(),
+        )
+        .with_context(|| format!("chat template of {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            model,
+            tokenizer,
+            chat,
+        })
+    }
+
+    /// Token ids of a chat prompt ending with the assistant header. The rendered template
+    /// already holds any BOS it wants, so no special tokens are added on top.
+    pub fn chat_prompt_ids(&self, messages: &[Message]) -> Result<Vec<i64>> {
+        let text = self.chat.render(messages, true, None)?;
+        self.tokenizer.encode(&text, false)
+    }
+}

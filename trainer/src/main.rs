@@ -1,0 +1,42 @@
+//! `recthinker`: the command-line entry point.
+
+mod cmd_generate;
+mod cmd_logits;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "recthinker",
+    version,
+    about = "Train and evaluate tool-using LLM recommendation agents (RecThinker) on libtorch",
+    long_about = "Train and evaluate tool-using LLM recommendation agents (RecThinker) on libtorch.\n\n\
+Models are HF Llama / Qwen2 directories (config.json, safetensors, tokenizer.json). \
+The default base model is created by scripts/setup.sh under checkpoints/base/.\n\
+Threads: RECTHINKER_THREADS (default 1, measured fastest on small CPUs)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for a prompt and print only the completion.
+    Generate(cmd_generate::Args),
+    /// Write the model's logits for a raw prompt to a safetensors file (for parity checks).
+    Logits(cmd_logits::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Generate(a) => cmd_generate::run(a),
+        Command::Logits(a) => cmd_logits::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
