@@ -93,6 +93,9 @@ impl ModelConfig {
                 bail!("config.json: unsupported model_type `{other}` (supported: llama, qwen2)")
             }
         };
+        if raw.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
+            bail!("config.json: use_sliding_window=true is not supported (full attention only)");
+        }
         let hidden_size = get_i64(&raw, "hidden_size")?;
         let num_attention_heads = get_i64(&raw, "num_attention_heads")?;
         let num_key_value_heads = raw

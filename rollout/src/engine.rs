@@ -52,6 +52,8 @@ pub struct Row {
     slot: Option<usize>,
     rng: StdRng,
     pub sampled_total: usize,
+    /// The full next-token log-probs of the last step (only with `Engine::keep_distributions`).
+    pub last_distribution: Option<Vec<f32>>,
 }
 
 impl Row {
@@ -76,8 +78,10 @@ pub struct Engine<'m> {
     rows: Vec<Row>,
     /// Hard cap on a row's total tokens.
     pub max_context: usize,
-    /// Forward passes and tokens fed, for throughput reports.
+    /// Forward passes run, for throughput reports.
     pub forward_calls: usize,
+    /// Keep each row's last full next-token distribution (tests and debugging).
+    pub keep_distributions: bool,
 }
 
 impl<'m> Engine<'m> {
@@ -99,6 +103,7 @@ impl<'m> Engine<'m> {
             rows: Vec::new(),
             max_context: c.max_position_embeddings as usize,
             forward_calls: 0,
+            keep_distributions: false,
         }
     }
 
@@ -126,6 +131,7 @@ impl<'m> Engine<'m> {
             cached: 0,
             slot: None,
             sampled_total: 0,
+            last_distribution: None,
         });
         Ok(id)
     }
@@ -343,6 +349,9 @@ impl<'m> Engine<'m> {
         let eos = &self.tok.eos_ids;
         let r = &mut self.rows[i];
         let (t, lp) = choose(logprobs, &r.params, &mut r.rng);
+        if self.keep_distributions {
+            r.last_distribution = Some(logprobs.to_vec());
+        }
         let t = t as i64;
         r.ids.push(t);
         r.mask.push(1);
@@ -351,7 +360,7 @@ impl<'m> Engine<'m> {
         r.turn_tokens += 1;
         r.sampled_total += 1;
         let new_text = r.turn.push(self.tok, &r.ids)?;
-        let reason = if eos.contains(&t) {
+        let reason = if eos.contains(&t) && !r.params.ignore_eos {
             Some(StopReason::Eos)
         } else if let Some(stop) = find_stop(&r.turn.text, new_text.len(), &r.params.stop) {
             Some(StopReason::StopString(stop))

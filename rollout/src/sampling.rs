@@ -17,6 +17,8 @@ pub struct SamplingParams {
     /// Text that ends the turn when it appears in the generated text.
     pub stop: Vec<String>,
     pub seed: u64,
+    /// Keep going past EOS (benchmarks that need a fixed token count).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -28,6 +30,7 @@ impl Default for SamplingParams {
             max_new_tokens: 256,
             stop: Vec::new(),
             seed: 0,
+            ignore_eos: false,
         }
     }
 }

@@ -63,6 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         stop: a.stop,
         seed: a.seed,
+        ignore_eos: false,
     };
     let mut engine = Engine::new(&policy.model, &policy.tokenizer);
     let row = engine.add_row(&prompt, params)?;

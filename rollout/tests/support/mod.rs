@@ -1,0 +1,68 @@
+//! Shared helpers for the integration tests: the repo's venv Python, reference models.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn base_model() -> PathBuf {
+    let dir = repo_root().join("checkpoints/base/SmolLM2-135M-Instruct");
+    assert!(dir.join("model.safetensors").exists(), "{} missing: run scripts/setup.sh", dir.display());
+    dir
+}
+
+/// Runs tests/support/hf_ref.py with the venv's Python; panics with its stderr on failure.
+pub fn hf_ref(args: &[&str]) {
+    let python = repo_root().join(".venv/bin/python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/hf_ref.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (run scripts/setup.sh)", python.display()));
+    assert!(
+        out.status.success(),
+        "hf_ref.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh scratch directory under target/, unique per call (tests run in parallel).
+pub fn scratch(name: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = repo_root()
+        .join("target/test-scratch")
+        .join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating scratch dir");
+    dir
+}
+
+/// A tiny random HF model of `family` (qwen2: q/k/v bias, untied head, GQA; llama: tied,
+/// GQA), made once per checkout by transformers and shared by all tests.
+pub fn tiny_model(family: &str) -> PathBuf {
+    let dir = repo_root().join("target/test-models").join(format!("tiny-{family}-v1"));
+    if dir.join("model.safetensors").exists() {
+        return dir;
+    }
+    let tmp = repo_root()
+        .join("target/test-models")
+        .join(format!(".tiny-{family}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    hf_ref(&["tiny", family, tmp.to_str().unwrap(), base_model().to_str().unwrap()]);
+    // Another test may have finished first; either copy is identical (seeded).
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    dir
+}
+
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
