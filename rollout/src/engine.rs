@@ -14,6 +14,12 @@ use tch::{Kind, Tensor};
 
 pub type RowId = usize;
 
+/// A row's next token: chosen on the device (greedy), or its full log-prob row to sample from.
+enum Next {
+    Chosen(i64, f32),
+    Distribution(Vec<f32>),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopReason {
     /// An end-of-sequence token was sampled.
@@ -228,9 +234,9 @@ impl<'m> Engine<'m> {
             if group.is_empty() {
                 continue;
             }
-            let logprobs = self.forward_group(&group)?;
-            for (k, &i) in group.iter().enumerate() {
-                if self.sample_into(i, &logprobs[k])? {
+            let next = self.forward_group(&group)?;
+            for (&i, next) in group.iter().zip(next) {
+                if self.sample_into(i, next)? {
                     stopped.push(i);
                 }
             }
@@ -289,8 +295,8 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// Feeds each row's pending tokens; returns each row's next-token log-probs (on host).
-    fn forward_group(&mut self, group: &[RowId]) -> Result<Vec<Vec<f32>>> {
+    /// Feeds each row's pending tokens; returns each row's next token or its distribution.
+    fn forward_group(&mut self, group: &[RowId]) -> Result<Vec<Next>> {
         let device = self.model.device();
         let s = group
             .iter()
@@ -330,29 +336,47 @@ impl<'m> Engine<'m> {
         let last_t = Tensor::from_slice(&last).to_device(device);
         let picked = hidden.view([-1, h]).index_select(0, &last_t);
         let temps_t = Tensor::from_slice(&temps).to_device(device).unsqueeze(1);
-        let lp = (self.model.logits(&picked) / temps_t)
-            .log_softmax(-1, Kind::Float)
-            .to_device(tch::Device::Cpu)
-            .contiguous();
-        let v = lp.size()[1] as usize;
-        let flat: Vec<f32> = Vec::<f32>::try_from(lp.view([-1]))?;
+        let lp = (self.model.logits(&picked) / temps_t).log_softmax(-1, Kind::Float);
         for &i in group {
             let r = &mut self.rows[i];
             r.cached += r.pending.len() as i64;
             r.pending.clear();
         }
-        Ok(flat.chunks(v).map(<[f32]>::to_vec).collect())
+        let all_greedy = group.iter().all(|&i| self.rows[i].params.is_greedy());
+        if all_greedy && !self.keep_distributions {
+            // Only the argmax and its log-prob cross to the host, not [rows, vocab].
+            let (best_lp, best) = lp.max_dim(-1, false);
+            let best: Vec<i64> = Vec::try_from(best.to_device(tch::Device::Cpu))?;
+            let best_lp: Vec<f32> = Vec::try_from(best_lp.to_device(tch::Device::Cpu))?;
+            return Ok(best
+                .into_iter()
+                .zip(best_lp)
+                .map(|(t, l)| Next::Chosen(t, l))
+                .collect());
+        }
+        let lp = lp.to_device(tch::Device::Cpu).contiguous();
+        let v = lp.size()[1] as usize;
+        let flat: Vec<f32> = Vec::<f32>::try_from(lp.view([-1]))?;
+        Ok(flat
+            .chunks(v)
+            .map(|c| Next::Distribution(c.to_vec()))
+            .collect())
     }
 
     /// Samples one token for row `i`; returns true when the row stopped.
-    fn sample_into(&mut self, i: RowId, logprobs: &[f32]) -> Result<bool> {
+    fn sample_into(&mut self, i: RowId, next: Next) -> Result<bool> {
         let eos = &self.tok.eos_ids;
         let r = &mut self.rows[i];
-        let (t, lp) = choose(logprobs, &r.params, &mut r.rng);
-        if self.keep_distributions {
-            r.last_distribution = Some(logprobs.to_vec());
-        }
-        let t = t as i64;
+        let (t, lp) = match next {
+            Next::Chosen(t, lp) => (t, lp),
+            Next::Distribution(logprobs) => {
+                let (t, lp) = choose(&logprobs, &r.params, &mut r.rng);
+                if self.keep_distributions {
+                    r.last_distribution = Some(logprobs);
+                }
+                (t as i64, lp)
+            }
+        };
         r.ids.push(t);
         r.mask.push(1);
         r.logprobs.push(lp);

@@ -12,21 +12,39 @@ use tch::{Device, Kind, Tensor};
 
 fn read_tensor(path: &Path, name: &str) -> Tensor {
     let tensors = Tensor::read_safetensors(path).expect("reading reference safetensors");
-    tensors.into_iter().find(|(n, _)| n == name).map(|(_, t)| t).expect("tensor present")
+    tensors
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .expect("tensor present")
 }
 
 fn logits_parity(model_dir: &Path, prompt: &str, tol: f64) {
     let out = scratch("logits").join("ref.safetensors");
-    hf_ref(&["logits", model_dir.to_str().unwrap(), prompt, out.to_str().unwrap()]);
+    hf_ref(&[
+        "logits",
+        model_dir.to_str().unwrap(),
+        prompt,
+        out.to_str().unwrap(),
+    ]);
     let reference = read_tensor(&out, "logits");
     let ref_ids = read_tensor(&out, "input_ids");
     let policy = Policy::load(model_dir, Device::Cpu, Kind::Float).unwrap();
     let ids = policy.tokenizer.encode(prompt, true).unwrap();
-    assert_eq!(Vec::<i64>::try_from(&ref_ids).unwrap(), ids, "tokenization differs from transformers");
-    let ours = tch::no_grad(|| policy.model.forward(&Tensor::from_slice(&ids).unsqueeze(0))).squeeze_dim(0);
+    assert_eq!(
+        Vec::<i64>::try_from(&ref_ids).unwrap(),
+        ids,
+        "tokenization differs from transformers"
+    );
+    let ours = tch::no_grad(|| policy.model.forward(&Tensor::from_slice(&ids).unsqueeze(0)))
+        .squeeze_dim(0);
     assert_eq!(ours.size(), reference.size());
     let diff = max_abs_diff(&ours, &reference);
-    eprintln!("{}: max |logit diff| = {diff:.3e} over {} tokens", model_dir.display(), ids.len());
+    eprintln!(
+        "{}: max |logit diff| = {diff:.3e} over {} tokens",
+        model_dir.display(),
+        ids.len()
+    );
     assert!(diff <= tol, "max |diff| {diff} > {tol}");
 }
 
@@ -56,15 +74,22 @@ fn smollm2_logits_and_greedy_match_transformers() {
     let mut args = vec!["greedy", dir.to_str().unwrap(), "32", out.to_str().unwrap()];
     args.extend(prompts);
     hf_ref(&args);
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let policy = Policy::load(&dir, Device::Cpu, Kind::Float).unwrap();
     let mut engine = Engine::new(&policy.model, &policy.tokenizer);
-    let params = SamplingParams { max_new_tokens: 32, ..Default::default() };
+    let params = SamplingParams {
+        max_new_tokens: 32,
+        ..Default::default()
+    };
     let mut rows = Vec::new();
     for (p, r) in prompts.iter().zip(reference.as_array().unwrap()) {
         let ids = policy.chat_prompt_ids(&[Message::user(*p)]).unwrap();
         let ref_prompt: Vec<i64> = serde_json::from_value(r["prompt_ids"].clone()).unwrap();
-        assert_eq!(ids, ref_prompt, "chat prompt ids differ from apply_chat_template");
+        assert_eq!(
+            ids, ref_prompt,
+            "chat prompt ids differ from apply_chat_template"
+        );
         rows.push(engine.add_row(&ids, params.clone()).unwrap());
     }
     engine.run().unwrap();
@@ -81,7 +106,12 @@ fn chat_parity(model_dir: &Path, messages: &[Message]) {
     let msgs = dir.join("messages.json");
     std::fs::write(&msgs, serde_json::to_string(messages).unwrap()).unwrap();
     let out = dir.join("chat.txt");
-    hf_ref(&["chat", model_dir.to_str().unwrap(), msgs.to_str().unwrap(), out.to_str().unwrap()]);
+    hf_ref(&[
+        "chat",
+        model_dir.to_str().unwrap(),
+        msgs.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let theirs = std::fs::read_to_string(&out).unwrap();
     let policy = Policy::load(model_dir, Device::Cpu, Kind::Float).unwrap();
     let ours = policy.chat.render(messages, true, None).unwrap();
@@ -140,7 +170,12 @@ fn qwen_style_chat_template_matches_transformers() {
     let src = tiny_model("qwen2");
     let dir = scratch("qwen-template").join("model");
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
     std::fs::write(dir.join("chat_template.jinja"), QWEN_STYLE_TEMPLATE).unwrap();

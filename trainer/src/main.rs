@@ -1,5 +1,6 @@
 //! `recthinker`: the command-line entry point.
 
+mod cmd_bench;
 mod cmd_generate;
 mod cmd_logits;
 
@@ -27,6 +28,8 @@ enum Command {
     Generate(cmd_generate::Args),
     /// Write the model's logits for a raw prompt to a safetensors file (for parity checks).
     Logits(cmd_logits::Args),
+    /// Benchmarks (see scripts/bench/).
+    Bench(cmd_bench::Args),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Generate(a) => cmd_generate::run(a),
         Command::Logits(a) => cmd_logits::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

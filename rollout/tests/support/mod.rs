@@ -6,19 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn base_model() -> PathBuf {
     let dir = repo_root().join("checkpoints/base/SmolLM2-135M-Instruct");
-    assert!(dir.join("model.safetensors").exists(), "{} missing: run scripts/setup.sh", dir.display());
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "{} missing: run scripts/setup.sh",
+        dir.display()
+    );
     dir
 }
 
 /// Runs tests/support/hf_ref.py with the venv's Python; panics with its stderr on failure.
 pub fn hf_ref(args: &[&str]) {
     let python = repo_root().join(".venv/bin/python");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/hf_ref.py");
+    let script = repo_root().join("rollout/tests/support/hf_ref.py");
     let out = Command::new(&python)
         .arg(&script)
         .args(args)
@@ -47,15 +54,24 @@ pub fn scratch(name: &str) -> PathBuf {
 /// A tiny random HF model of `family` (qwen2: q/k/v bias, untied head, GQA; llama: tied,
 /// GQA), made once per checkout by transformers and shared by all tests.
 pub fn tiny_model(family: &str) -> PathBuf {
-    let dir = repo_root().join("target/test-models").join(format!("tiny-{family}-v1"));
+    let dir = repo_root()
+        .join("target/test-models")
+        .join(format!("tiny-{family}-v1"));
     if dir.join("model.safetensors").exists() {
         return dir;
     }
-    let tmp = repo_root()
-        .join("target/test-models")
-        .join(format!(".tiny-{family}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let tmp = repo_root().join("target/test-models").join(format!(
+        ".tiny-{family}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
-    hf_ref(&["tiny", family, tmp.to_str().unwrap(), base_model().to_str().unwrap()]);
+    hf_ref(&[
+        "tiny",
+        family,
+        tmp.to_str().unwrap(),
+        base_model().to_str().unwrap(),
+    ]);
     // Another test may have finished first; either copy is identical (seeded).
     if std::fs::rename(&tmp, &dir).is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

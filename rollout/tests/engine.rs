@@ -1,0 +1,236 @@
+//! The generation engine against plain full-sequence forwards of the same model.
+
+mod support;
+
+use rollout::engine::{Engine, RowState, StopReason};
+use rollout::sampling::SamplingParams;
+use rollout::Policy;
+use support::*;
+use tch::{Device, Kind, Tensor};
+
+fn policy() -> Policy {
+    Policy::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap()
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: n,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+/// log-softmax of a full causal forward over `ids`: [T, V].
+fn full_logprobs(p: &Policy, ids: &[i64]) -> Tensor {
+    tch::no_grad(|| p.model.forward(&Tensor::from_slice(ids).unsqueeze(0)))
+        .squeeze_dim(0)
+        .log_softmax(-1, Kind::Float)
+}
+
+fn prompts(p: &Policy) -> Vec<Vec<i64>> {
+    [
+        "Hello",
+        "A much longer prompt with quite a few more tokens in it than the first one",
+        "Rank these movies: Heat, Fargo, Casino",
+    ]
+    .iter()
+    .map(|t| p.tokenizer.encode(t, true).unwrap())
+    .collect()
+}
+
+/// Every sampled log-prob the cached engine recorded equals the full recomputation.
+fn assert_matches_recompute(p: &Policy, engine: &Engine, row: usize) {
+    let r = engine.row(row);
+    assert_eq!(r.ids.len(), r.mask.len());
+    assert_eq!(r.ids.len(), r.logprobs.len());
+    let full = full_logprobs(p, &r.ids);
+    for t in 1..r.ids.len() {
+        if r.mask[t] == 1 {
+            let want = full.double_value(&[t as i64 - 1, r.ids[t]]);
+            assert!(
+                (want - r.logprobs[t] as f64).abs() < 1e-4,
+                "row {row} pos {t}: {want} vs {}",
+                r.logprobs[t]
+            );
+        }
+    }
+    // The last full distribution too, over the whole vocabulary.
+    let last = Tensor::from_slice(r.last_distribution.as_ref().unwrap());
+    let want = full.get(r.ids.len() as i64 - 2);
+    assert!(max_abs_diff(&last, &want) < 1e-4);
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_recomputation() {
+    let p = policy();
+    let mut engine = Engine::new(&p.model, &p.tokenizer);
+    engine.keep_distributions = true;
+    let rows: Vec<usize> = prompts(&p)
+        .iter()
+        .map(|ids| engine.add_row(ids, greedy(24)).unwrap())
+        .collect();
+    engine.run().unwrap();
+    for row in rows {
+        assert_eq!(
+            engine.row(row).state,
+            RowState::Stopped(StopReason::MaxNewTokens)
+        );
+        assert_matches_recompute(&p, &engine, row);
+    }
+}
+
+#[test]
+fn batch_of_different_lengths_equals_each_row_alone() {
+    let p = policy();
+    let prompts = prompts(&p);
+    // Different budgets, so rows finish (and are compacted away) at different steps.
+    let budgets = [5, 30, 17];
+    let mut batch = Engine::new(&p.model, &p.tokenizer);
+    let rows: Vec<usize> = prompts
+        .iter()
+        .zip(budgets)
+        .map(|(ids, n)| batch.add_row(ids, greedy(n)).unwrap())
+        .collect();
+    while batch.running() > 0 {
+        for id in batch.step().unwrap() {
+            batch.finish(id);
+        }
+    }
+    for ((ids, n), row) in prompts.iter().zip(budgets).zip(rows) {
+        let mut alone = Engine::new(&p.model, &p.tokenizer);
+        let r = alone.add_row(ids, greedy(n)).unwrap();
+        alone.run().unwrap();
+        assert_eq!(batch.row(row).ids, alone.row(r).ids);
+        for (a, b) in batch.row(row).logprobs.iter().zip(&alone.row(r).logprobs) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn forced_tokens_act_as_if_they_were_in_the_prompt() {
+    let p = policy();
+    let prompt = p
+        .tokenizer
+        .encode("User history: Heat, Fargo.", true)
+        .unwrap();
+    let forced = p
+        .tokenizer
+        .encode("<tool_response>Casino (1995)</tool_response>", false)
+        .unwrap();
+    // Row A: generate, get forced tokens appended, generate again; B idles beside it.
+    let mut engine = Engine::new(&p.model, &p.tokenizer);
+    engine.keep_distributions = true;
+    let a = engine.add_row(&prompt, greedy(6)).unwrap();
+    let b = engine.add_row(&prompt[..3], greedy(40)).unwrap();
+    let stopped = engine.step().unwrap();
+    assert!(stopped.is_empty());
+    while engine.row(a).state == RowState::Running {
+        engine.step().unwrap();
+    }
+    engine.append_forced(a, &forced, Some(greedy(6))).unwrap();
+    engine.run().unwrap();
+    let row = engine.row(a);
+    let first_turn = prompt.len() + 6;
+    assert_eq!(row.ids.len(), first_turn + forced.len() + 6);
+    assert_eq!(&row.ids[first_turn..first_turn + forced.len()], &forced[..]);
+    let mask_ones: usize = row.mask.iter().map(|&m| m as usize).sum();
+    assert_eq!(mask_ones, 12, "only sampled tokens carry mask 1");
+    assert!(row.mask[first_turn..first_turn + forced.len()]
+        .iter()
+        .all(|&m| m == 0));
+    assert_matches_recompute(&p, &engine, a);
+    assert_matches_recompute(&p, &engine, b);
+
+    // The same sequence given entirely as a prompt continues identically.
+    let mut fresh = Engine::new(&p.model, &p.tokenizer);
+    fresh.keep_distributions = true;
+    let c = fresh
+        .add_row(&row.ids[..first_turn + forced.len()], greedy(6))
+        .unwrap();
+    fresh.run().unwrap();
+    assert_eq!(fresh.row(c).ids, row.ids);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_batch_invariant() {
+    let p = policy();
+    let params = |seed| SamplingParams {
+        temperature: 0.9,
+        top_k: 50,
+        top_p: 0.95,
+        max_new_tokens: 20,
+        seed,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompts = prompts(&p);
+    let run = |ids: &[&Vec<i64>], seeds: &[u64]| {
+        let mut e = Engine::new(&p.model, &p.tokenizer);
+        let rows: Vec<usize> = ids
+            .iter()
+            .zip(seeds)
+            .map(|(i, s)| e.add_row(i, params(*s)).unwrap())
+            .collect();
+        e.run().unwrap();
+        rows.iter()
+            .map(|&r| e.row(r).ids.clone())
+            .collect::<Vec<_>>()
+    };
+    let batch = run(&[&prompts[0], &prompts[1], &prompts[0]], &[7, 7, 8]);
+    let alone = run(&[&prompts[1]], &[7]);
+    assert_eq!(batch[1], alone[0]);
+    assert_eq!(
+        batch,
+        run(&[&prompts[0], &prompts[1], &prompts[0]], &[7, 7, 8])
+    );
+    assert_ne!(
+        batch[0], batch[2],
+        "different seeds should sample differently"
+    );
+}
+
+#[test]
+fn stop_strings_and_context_limit_end_a_turn() {
+    let p = policy();
+    let prompt = p.tokenizer.encode("Hello", true).unwrap();
+    let mut e = Engine::new(&p.model, &p.tokenizer);
+    let r = e.add_row(&prompt, greedy(30)).unwrap();
+    e.run().unwrap();
+    // Use the first generated piece of text as a stop string: a rerun must stop right there.
+    let text = e.row(r).turn_text().to_string();
+    let stop: String = text.chars().skip(3).take(4).collect();
+    let mut e2 = Engine::new(&p.model, &p.tokenizer);
+    let r2 = e2
+        .add_row(
+            &prompt,
+            SamplingParams {
+                stop: vec![stop.clone()],
+                ..greedy(30)
+            },
+        )
+        .unwrap();
+    e2.run().unwrap();
+    assert_eq!(
+        e2.row(r2).state,
+        RowState::Stopped(StopReason::StopString(stop.clone()))
+    );
+    assert!(e2.row(r2).turn_text().contains(&stop));
+    assert!(e2.row(r2).ids.len() < e.row(r).ids.len());
+
+    let mut e3 = Engine::new(&p.model, &p.tokenizer);
+    e3.max_context = prompt.len() + 4;
+    let r3 = e3.add_row(&prompt, greedy(30)).unwrap();
+    e3.run().unwrap();
+    assert_eq!(e3.row(r3).state, RowState::Stopped(StopReason::ContextFull));
+    assert_eq!(e3.row(r3).ids.len(), prompt.len() + 4);
+}
+
+#[test]
+fn bad_token_ids_are_errors_not_panics() {
+    let p = policy();
+    let mut e = Engine::new(&p.model, &p.tokenizer);
+    assert!(e.add_row(&[], greedy(3)).is_err());
+    let err = e.add_row(&[1, 999_999], greedy(3)).unwrap_err().to_string();
+    assert!(err.contains("999999"), "{err}");
+}
