@@ -14,10 +14,14 @@ use std::path::{Path, PathBuf};
 
 /// The MovieLens-100k files shipped by PyPI `recbole==1.2.1` in the project's venv.
 pub fn default_ml100k_dir() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.join(".venv/lib");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .join(".venv/lib");
     let mut found = None;
     for entry in std::fs::read_dir(&root).ok()?.flatten() {
-        let dir = entry.path().join("site-packages/recbole/dataset_example/ml-100k");
+        let dir = entry
+            .path()
+            .join("site-packages/recbole/dataset_example/ml-100k");
         if dir.join("ml-100k.inter").exists() {
             found = Some(dir);
         }
@@ -41,11 +45,16 @@ pub fn read_raw(dataset: &str, input: Option<&Path>) -> Result<RawDataset> {
             } else if dir.join("u.data").exists() {
                 readers::movielens::read_ml100k(&dir)
             } else {
-                bail!("{}: neither ml-100k.inter (RecBole) nor u.data (GroupLens) found", dir.display())
+                bail!(
+                    "{}: neither ml-100k.inter (RecBole) nor u.data (GroupLens) found",
+                    dir.display()
+                )
             }
         }
         "ml-1m" | "amazon2018" | "amazon2023" => {
-            let Some(dir) = input else { bail!("--input DIR is required for {dataset}") };
+            let Some(dir) = input else {
+                bail!("--input DIR is required for {dataset}")
+            };
             match dataset {
                 "ml-1m" => readers::movielens::read_ml1m(dir),
                 "amazon2018" => readers::amazon::read_2018(dir),

@@ -166,7 +166,8 @@ impl Prepared {
             Subset::Dense => Some(&self.dense_users),
             Subset::All => None,
         } {
-            let rank: HashMap<u32, usize> = order.iter().enumerate().map(|(i, u)| (*u, i)).collect();
+            let rank: HashMap<u32, usize> =
+                order.iter().enumerate().map(|(i, u)| (*u, i)).collect();
             eps.sort_by_key(|e| (rank[&e.user], e.pos));
         }
         eps
@@ -188,12 +189,17 @@ pub fn prepare(raw: &RawDataset, config: &PrepareConfig) -> Result<Prepared> {
     // Dedupe (user, item): keep the latest interaction, as a re-rating replaces the old one.
     let mut latest: HashMap<(&str, &str), (f32, i64)> = HashMap::new();
     for it in &raw.interactions {
-        let e = latest.entry((it.user.as_str(), it.item.as_str())).or_insert((it.rating, it.timestamp));
+        let e = latest
+            .entry((it.user.as_str(), it.item.as_str()))
+            .or_insert((it.rating, it.timestamp));
         if it.timestamp >= e.1 {
             *e = (it.rating, it.timestamp);
         }
     }
-    let mut inter: Vec<(&str, &str, f32, i64)> = latest.into_iter().map(|((u, i), (r, t))| (u, i, r, t)).collect();
+    let mut inter: Vec<(&str, &str, f32, i64)> = latest
+        .into_iter()
+        .map(|((u, i), (r, t))| (u, i, r, t))
+        .collect();
     // Iterated k-core over users and items.
     if config.k_core > 0 {
         loop {
@@ -216,28 +222,56 @@ pub fn prepare(raw: &RawDataset, config: &PrepareConfig) -> Result<Prepared> {
     }
     per_user.retain(|_, v| v.len() >= config.min_user_interactions.max(3));
     if per_user.is_empty() {
-        bail!("no user has {} or more interactions after filtering", config.min_user_interactions.max(3));
+        bail!(
+            "no user has {} or more interactions after filtering",
+            config.min_user_interactions.max(3)
+        );
     }
     // Stable ids: users and items sorted by raw id (numerically when all are numbers).
     let mut user_ids: Vec<&str> = per_user.keys().copied().collect();
     sort_ids(&mut user_ids);
-    let mut item_ids: Vec<&str> = per_user.values().flatten().map(|(i, _, _)| *i).collect::<HashSet<_>>().into_iter().collect();
+    let mut item_ids: Vec<&str> = per_user
+        .values()
+        .flatten()
+        .map(|(i, _, _)| *i)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     sort_ids(&mut item_ids);
-    let item_index: HashMap<&str, u32> = item_ids.iter().enumerate().map(|(k, i)| (*i, k as u32)).collect();
+    let item_index: HashMap<&str, u32> = item_ids
+        .iter()
+        .enumerate()
+        .map(|(k, i)| (*i, k as u32))
+        .collect();
     let items: Vec<Item> = item_ids
         .iter()
-        .map(|id| Item { raw_id: id.to_string(), meta: raw.items.get(*id).cloned().unwrap_or_else(|| ItemMeta { title: format!("item {id}"), ..Default::default() }) })
+        .map(|id| Item {
+            raw_id: id.to_string(),
+            meta: raw.items.get(*id).cloned().unwrap_or_else(|| ItemMeta {
+                title: format!("item {id}"),
+                ..Default::default()
+            }),
+        })
         .collect();
     let users: Vec<User> = user_ids
         .iter()
-        .map(|id| User { raw_id: id.to_string(), meta: raw.users.get(*id).cloned().unwrap_or_default() })
+        .map(|id| User {
+            raw_id: id.to_string(),
+            meta: raw.users.get(*id).cloned().unwrap_or_default(),
+        })
         .collect();
     let sequences: Vec<Vec<Event>> = user_ids
         .iter()
         .map(|u| {
             let mut seq = per_user[u].clone();
             seq.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| cmp_ids(a.0, b.0)));
-            seq.into_iter().map(|(i, r, t)| Event { item: item_index[i], rating: r, timestamp: t }).collect()
+            seq.into_iter()
+                .map(|(i, r, t)| Event {
+                    item: item_index[i],
+                    rating: r,
+                    timestamp: t,
+                })
+                .collect()
         })
         .collect();
     let kg = build_kg(raw, &item_index);
@@ -249,7 +283,10 @@ pub fn prepare(raw: &RawDataset, config: &PrepareConfig) -> Result<Prepared> {
         let seen: HashSet<u32> = seq.iter().map(|e| e.item).collect();
         let need = config.candidates - 1;
         if (n_items as usize) < seen.len() + need {
-            bail!("user {} has too few unseen items for {need} negatives", users[user as usize].raw_id);
+            bail!(
+                "user {} has too few unseen items for {need} negatives",
+                users[user as usize].raw_id
+            );
         }
         let mut cands = vec![seq[pos].item];
         let mut chosen = HashSet::new();
@@ -261,7 +298,12 @@ pub fn prepare(raw: &RawDataset, config: &PrepareConfig) -> Result<Prepared> {
         }
         cands.shuffle(rng);
         let target_index = cands.iter().position(|&c| c == seq[pos].item).unwrap_or(0) as u32;
-        Ok(Episode { user, pos: pos as u32, candidates: cands, target_index })
+        Ok(Episode {
+            user,
+            pos: pos as u32,
+            candidates: cands,
+            target_index,
+        })
     };
     let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
     for u in 0..users.len() as u32 {
@@ -285,7 +327,18 @@ pub fn prepare(raw: &RawDataset, config: &PrepareConfig) -> Result<Prepared> {
     };
     let sparse_users = draw(&by_len[..third.max(1).min(by_len.len())]);
     let dense_users = draw(&by_len[by_len.len() - third.max(1).min(by_len.len())..]);
-    Ok(Prepared { config: config.clone(), items, users, sequences, kg, train, valid, test, sparse_users, dense_users })
+    Ok(Prepared {
+        config: config.clone(),
+        items,
+        users,
+        sequences,
+        kg,
+        train,
+        valid,
+        test,
+        sparse_users,
+        dense_users,
+    })
 }
 
 fn build_kg(raw: &RawDataset, item_index: &HashMap<&str, u32>) -> KnowledgeGraph {
@@ -294,7 +347,9 @@ fn build_kg(raw: &RawDataset, item_index: &HashMap<&str, u32>) -> KnowledgeGraph
     let (mut rel_ix, mut ent_ix) = (HashMap::new(), HashMap::new());
     let mut facts = Vec::new();
     for f in &raw.kg {
-        let Some(&item) = item_index.get(f.item.as_str()) else { continue };
+        let Some(&item) = item_index.get(f.item.as_str()) else {
+            continue;
+        };
         let r = *rel_ix.entry(f.relation.clone()).or_insert_with(|| {
             relations.push(f.relation.clone());
             relations.len() as u32 - 1
@@ -307,7 +362,11 @@ fn build_kg(raw: &RawDataset, item_index: &HashMap<&str, u32>) -> KnowledgeGraph
     }
     facts.sort_unstable();
     facts.dedup();
-    KnowledgeGraph { facts, relations, entities }
+    KnowledgeGraph {
+        facts,
+        relations,
+        entities,
+    }
 }
 
 fn cmp_ids(a: &str, b: &str) -> std::cmp::Ordering {

@@ -66,7 +66,10 @@ pub fn split_title_year(title: &str) -> (String, Option<i32>) {
     let t = title.trim();
     if let Some(open) = t.rfind('(') {
         let inner = &t[open + 1..];
-        if let Some(year) = inner.strip_suffix(')').and_then(|y| y.trim().parse::<i32>().ok()) {
+        if let Some(year) = inner
+            .strip_suffix(')')
+            .and_then(|y| y.trim().parse::<i32>().ok())
+        {
             if (1800..=2100).contains(&year) {
                 return (t[..open].trim().to_string(), Some(year));
             }
@@ -84,8 +87,17 @@ pub fn latin1(bytes: &[u8]) -> String {
 mod tests {
     #[test]
     fn title_year() {
-        assert_eq!(super::split_title_year("Toy Story (1995)"), ("Toy Story".into(), Some(1995)));
-        assert_eq!(super::split_title_year("City of Lost Children, The (Cité des enfants perdus, La) (1995)").1, Some(1995));
+        assert_eq!(
+            super::split_title_year("Toy Story (1995)"),
+            ("Toy Story".into(), Some(1995))
+        );
+        assert_eq!(
+            super::split_title_year(
+                "City of Lost Children, The (Cité des enfants perdus, La) (1995)"
+            )
+            .1,
+            Some(1995)
+        );
         assert_eq!(super::split_title_year("Heat"), ("Heat".into(), None));
     }
 }

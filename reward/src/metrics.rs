@@ -14,14 +14,23 @@ pub fn ndcg_at_rank(rank: usize, k: usize) -> f64 {
 /// pessimistically: equal scores rank ahead of the target).
 pub fn rank_of(scores: &[f64], target: usize) -> usize {
     let t = scores[target];
-    1 + scores.iter().enumerate().filter(|&(i, &s)| i != target && s >= t).count()
+    1 + scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, &s)| i != target && s >= t)
+        .count()
 }
 
 /// Graded NDCG@k with linear gains, as scikit-learn's `ndcg_score` for one sample without
 /// ties in `scores`.
 pub fn ndcg_score(relevance: &[f64], scores: &[f64], k: usize) -> f64 {
     let dcg = |order: &[usize]| -> f64 {
-        order.iter().take(k).enumerate().map(|(i, &j)| relevance[j] / ((i + 2) as f64).log2()).sum()
+        order
+            .iter()
+            .take(k)
+            .enumerate()
+            .map(|(i, &j)| relevance[j] / ((i + 2) as f64).log2())
+            .sum()
     };
     let mut by_score: Vec<usize> = (0..scores.len()).collect();
     by_score.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
@@ -50,7 +59,11 @@ impl NdcgSummary {
     pub fn from_ranks(ranks: &[usize]) -> Self {
         let n = ranks.len().max(1) as f64;
         let mean = |k| ranks.iter().map(|&r| ndcg_at_rank(r, k)).sum::<f64>() / n;
-        Self { ndcg1: mean(1), ndcg5: mean(5), ndcg10: mean(10) }
+        Self {
+            ndcg1: mean(1),
+            ndcg5: mean(5),
+            ndcg10: mean(10),
+        }
     }
 }
 

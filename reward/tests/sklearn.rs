@@ -14,7 +14,9 @@ fn ndcg_matches_scikit_learn() {
         let k = rng.random_range(1..=n);
         cases.push(serde_json::json!({"rel": rel, "scores": scores, "k": k}));
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
     let script = "import json,sys\nfrom sklearn.metrics import ndcg_score\ncases=json.load(sys.stdin)\nprint(json.dumps([ndcg_score([c['rel']],[c['scores']],k=c['k']) if any(c['rel']) else 0.0 for c in cases]))";
     let mut child = Command::new(root.join(".venv/bin/python"))
         .args(["-c", script])
@@ -23,7 +25,12 @@ fn ndcg_matches_scikit_learn() {
         .spawn()
         .expect("venv python (run scripts/setup.sh)");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(serde_json::to_string(&cases).unwrap().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&cases).unwrap().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let theirs: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();

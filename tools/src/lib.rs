@@ -1,1 +1,11 @@
+//! The agent's tools and the collaborative models behind them. Everything here is built
+//! from the training split only (PROTOCOL.md leakage rule).
 
+pub mod baselines;
+pub mod models;
+pub mod registry;
+pub mod suite;
+pub mod world;
+
+pub use registry::{Observation, Registry, ToolCall};
+pub use world::{EpisodeView, World};

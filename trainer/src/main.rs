@@ -1,8 +1,10 @@
 //! `recthinker`: the command-line entry point.
 
 mod cmd_bench;
+mod cmd_data;
 mod cmd_generate;
 mod cmd_logits;
+mod cmd_tool;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +30,12 @@ enum Command {
     Generate(cmd_generate::Args),
     /// Write the model's logits for a raw prompt to a safetensors file (for parity checks).
     Logits(cmd_logits::Args),
+    /// Prepare datasets (HDF5), inspect them, print episodes.
+    Data(cmd_data::Args),
+    /// Call one tool for one episode and print the observation.
+    Tool(cmd_tool::ToolArgs),
+    /// Evaluate a classical recommender (random, pop, itemknn, bpr, sasrec).
+    Baseline(cmd_tool::BaselineArgs),
     /// Benchmarks (see scripts/bench/).
     Bench(cmd_bench::Args),
 }
@@ -38,6 +46,9 @@ fn main() {
         Command::Generate(a) => cmd_generate::run(a),
         Command::Logits(a) => cmd_logits::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Data(a) => cmd_data::run(a),
+        Command::Tool(a) => cmd_tool::run_tool(a),
+        Command::Baseline(a) => cmd_tool::run_baseline(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -18,7 +18,8 @@ fn json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
         out.push((i + 1, v));
     }
     Ok(out)
@@ -34,15 +35,25 @@ fn req_str(v: &Value, key: &str, path: &Path, line: usize) -> Result<String> {
 
 fn req_f64(v: &Value, key: &str, path: &Path, line: usize) -> Result<f64> {
     match v.get(key) {
-        Some(Value::Number(n)) => n.as_f64().with_context(|| format!("{}:{line}: `{key}` out of range", path.display())),
-        Some(Value::String(s)) => s.trim().parse().with_context(|| format!("{}:{line}: `{key}` = {s:?} is not a number", path.display())),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .with_context(|| format!("{}:{line}: `{key}` out of range", path.display())),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("{}:{line}: `{key}` = {s:?} is not a number", path.display())),
         _ => bail!("{}:{line}: missing numeric field `{key}`", path.display()),
     }
 }
 
 fn str_list(v: Option<&Value>) -> Vec<String> {
     match v {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str()).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         Some(Value::String(s)) if !s.trim().is_empty() => vec![s.trim().to_string()],
         _ => Vec::new(),
     }
@@ -52,7 +63,12 @@ fn str_list(v: Option<&Value>) -> Vec<String> {
 fn price(v: Option<&Value>) -> Option<f32> {
     match v? {
         Value::Number(n) => n.as_f64().map(|p| p as f32),
-        Value::String(s) => s.trim().trim_start_matches('$').replace(',', "").parse().ok(),
+        Value::String(s) => s
+            .trim()
+            .trim_start_matches('$')
+            .replace(',', "")
+            .parse()
+            .ok(),
         _ => None,
     }
 }
@@ -65,8 +81,13 @@ fn text_of(v: Option<&Value>) -> Option<String> {
 /// `dir` holds one reviews file (`*.json`, e.g. `CDs_and_Vinyl_5.json`) and optionally one
 /// `meta_*.json`.
 pub fn read_2018(dir: &Path) -> Result<RawDataset> {
-    let reviews = find_file(dir, "Amazon 2018 reviews (*.json)", |n| n.ends_with(".json") && !n.starts_with("meta_"))?;
-    let mut ds = RawDataset { name: "amazon2018".into(), ..Default::default() };
+    let reviews = find_file(dir, "Amazon 2018 reviews (*.json)", |n| {
+        n.ends_with(".json") && !n.starts_with("meta_")
+    })?;
+    let mut ds = RawDataset {
+        name: "amazon2018".into(),
+        ..Default::default()
+    };
     for (line, v) in json_lines(&reviews)? {
         ds.interactions.push(Interaction {
             user: req_str(&v, "reviewerID", &reviews, line)?,
@@ -75,17 +96,29 @@ pub fn read_2018(dir: &Path) -> Result<RawDataset> {
             timestamp: req_f64(&v, "unixReviewTime", &reviews, line)? as i64,
         });
     }
-    if let Ok(meta) = find_file(dir, "meta", |n| n.starts_with("meta_") && n.ends_with(".json")) {
+    if let Ok(meta) = find_file(dir, "meta", |n| {
+        n.starts_with("meta_") && n.ends_with(".json")
+    }) {
         for (line, v) in json_lines(&meta)? {
             let asin = req_str(&v, "asin", &meta, line)?;
             let categories = str_list(v.get("category"));
             ds.items.insert(
                 asin,
                 ItemMeta {
-                    title: v.get("title").and_then(Value::as_str).unwrap_or("").trim().to_string(),
+                    title: v
+                        .get("title")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .trim()
+                        .to_string(),
                     year: None,
                     categories,
-                    brand: v.get("brand").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string),
+                    brand: v
+                        .get("brand")
+                        .and_then(Value::as_str)
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
                     price: price(v.get("price")),
                     description: text_of(v.get("description")),
                     also_buy: str_list(v.get("also_buy")),
@@ -100,8 +133,13 @@ pub fn read_2018(dir: &Path) -> Result<RawDataset> {
 /// `dir` holds one reviews file (`*.jsonl`, e.g. `CDs_and_Vinyl.jsonl`) and optionally one
 /// `meta_*.jsonl`. Items are keyed by `parent_asin`, as the 2023 benchmarks do.
 pub fn read_2023(dir: &Path) -> Result<RawDataset> {
-    let reviews = find_file(dir, "Amazon 2023 reviews (*.jsonl)", |n| n.ends_with(".jsonl") && !n.starts_with("meta_"))?;
-    let mut ds = RawDataset { name: "amazon2023".into(), ..Default::default() };
+    let reviews = find_file(dir, "Amazon 2023 reviews (*.jsonl)", |n| {
+        n.ends_with(".jsonl") && !n.starts_with("meta_")
+    })?;
+    let mut ds = RawDataset {
+        name: "amazon2023".into(),
+        ..Default::default()
+    };
     for (line, v) in json_lines(&reviews)? {
         ds.interactions.push(Interaction {
             user: req_str(&v, "user_id", &reviews, line)?,
@@ -110,7 +148,9 @@ pub fn read_2023(dir: &Path) -> Result<RawDataset> {
             timestamp: (req_f64(&v, "timestamp", &reviews, line)? / 1000.0) as i64,
         });
     }
-    if let Ok(meta) = find_file(dir, "meta", |n| n.starts_with("meta_") && n.ends_with(".jsonl")) {
+    if let Ok(meta) = find_file(dir, "meta", |n| {
+        n.starts_with("meta_") && n.ends_with(".jsonl")
+    }) {
         for (line, v) in json_lines(&meta)? {
             let id = req_str(&v, "parent_asin", &meta, line)?;
             let details = v.get("details");
@@ -122,9 +162,16 @@ pub fn read_2023(dir: &Path) -> Result<RawDataset> {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
             let year = details
-                .and_then(|d| d.get("Date First Available").or_else(|| d.get("Original Release Date")))
+                .and_then(|d| {
+                    d.get("Date First Available")
+                        .or_else(|| d.get("Original Release Date"))
+                })
                 .and_then(Value::as_str)
-                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).filter(|p| p.len() == 4).find_map(|p| p.parse().ok()));
+                .and_then(|s| {
+                    s.split(|c: char| !c.is_ascii_digit())
+                        .filter(|p| p.len() == 4)
+                        .find_map(|p| p.parse().ok())
+                });
             let mut categories = str_list(v.get("categories"));
             if categories.is_empty() {
                 categories = str_list(v.get("main_category"));
@@ -132,7 +179,12 @@ pub fn read_2023(dir: &Path) -> Result<RawDataset> {
             ds.items.insert(
                 id,
                 ItemMeta {
-                    title: v.get("title").and_then(Value::as_str).unwrap_or("").trim().to_string(),
+                    title: v
+                        .get("title")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .trim()
+                        .to_string(),
                     year,
                     categories,
                     brand,

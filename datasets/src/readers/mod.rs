@@ -18,10 +18,12 @@ pub fn read_text(path: &Path) -> Result<String> {
 
 /// Parse helper: `what` from `field` at `path:line`.
 pub fn parse<T: std::str::FromStr>(field: &str, what: &str, path: &Path, line: usize) -> Result<T> {
-    field
-        .trim()
-        .parse::<T>()
-        .map_err(|_| anyhow::anyhow!("{}:{line}: {what} `{field}` is not a valid number", path.display()))
+    field.trim().parse::<T>().map_err(|_| {
+        anyhow::anyhow!(
+            "{}:{line}: {what} `{field}` is not a valid number",
+            path.display()
+        )
+    })
 }
 
 /// The one file in `dir` accepted by `pred`, or a clear error.

@@ -8,17 +8,50 @@ use std::path::Path;
 
 /// The 19 genre flags of u.item, in file order (u.genre).
 const ML100K_GENRES: [&str; 19] = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-    "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ];
 
 /// ML-1M `users.dat` occupation codes (from the dataset README).
 const ML1M_OCCUPATIONS: [&str; 21] = [
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
-    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
-    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
-    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 ];
 
 /// Lines of a latin-1 file, split on `sep`, each checked for `n` fields.
@@ -32,7 +65,13 @@ fn rows(path: &Path, sep: &str, n: usize) -> Result<Vec<(usize, Vec<String>)>> {
         }
         let f: Vec<String> = line.split(sep).map(str::to_string).collect();
         if f.len() < n {
-            bail!("{}:{}: expected {n} `{}`-separated fields, found {}", path.display(), i + 1, sep.escape_default(), f.len());
+            bail!(
+                "{}:{}: expected {n} `{}`-separated fields, found {}",
+                path.display(),
+                i + 1,
+                sep.escape_default(),
+                f.len()
+            );
         }
         out.push((i + 1, f));
     }
@@ -40,7 +79,10 @@ fn rows(path: &Path, sep: &str, n: usize) -> Result<Vec<(usize, Vec<String>)>> {
 }
 
 pub fn read_ml100k(dir: &Path) -> Result<RawDataset> {
-    let mut ds = RawDataset { name: "ml-100k".into(), ..Default::default() };
+    let mut ds = RawDataset {
+        name: "ml-100k".into(),
+        ..Default::default()
+    };
     let data = dir.join("u.data");
     for (line, f) in rows(&data, "\t", 4)? {
         ds.interactions.push(Interaction {
@@ -60,7 +102,15 @@ pub fn read_ml100k(dir: &Path) -> Result<RawDataset> {
                     categories.push(g.to_string());
                 }
             }
-            ds.items.insert(f[0].clone(), ItemMeta { title, year, categories, ..Default::default() });
+            ds.items.insert(
+                f[0].clone(),
+                ItemMeta {
+                    title,
+                    year,
+                    categories,
+                    ..Default::default()
+                },
+            );
         }
     }
     let user = dir.join("u.user");
@@ -68,7 +118,12 @@ pub fn read_ml100k(dir: &Path) -> Result<RawDataset> {
         for (_, f) in rows(&user, "|", 5)? {
             ds.users.insert(
                 f[0].clone(),
-                UserMeta { age: Some(f[1].clone()), gender: Some(f[2].clone()), occupation: Some(f[3].clone()), zip: Some(f[4].clone()) },
+                UserMeta {
+                    age: Some(f[1].clone()),
+                    gender: Some(f[2].clone()),
+                    occupation: Some(f[3].clone()),
+                    zip: Some(f[4].clone()),
+                },
             );
         }
     }
@@ -76,7 +131,10 @@ pub fn read_ml100k(dir: &Path) -> Result<RawDataset> {
 }
 
 pub fn read_ml1m(dir: &Path) -> Result<RawDataset> {
-    let mut ds = RawDataset { name: "ml-1m".into(), ..Default::default() };
+    let mut ds = RawDataset {
+        name: "ml-1m".into(),
+        ..Default::default()
+    };
     let ratings = dir.join("ratings.dat");
     for (line, f) in rows(&ratings, "::", 4)? {
         ds.interactions.push(Interaction {
@@ -90,8 +148,20 @@ pub fn read_ml1m(dir: &Path) -> Result<RawDataset> {
     if movies.exists() {
         for (_, f) in rows(&movies, "::", 3)? {
             let (title, year) = split_title_year(&f[1]);
-            let categories = f[2].split('|').filter(|g| !g.is_empty()).map(str::to_string).collect();
-            ds.items.insert(f[0].clone(), ItemMeta { title, year, categories, ..Default::default() });
+            let categories = f[2]
+                .split('|')
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect();
+            ds.items.insert(
+                f[0].clone(),
+                ItemMeta {
+                    title,
+                    year,
+                    categories,
+                    ..Default::default()
+                },
+            );
         }
     }
     let users = dir.join("users.dat");
@@ -99,7 +169,10 @@ pub fn read_ml1m(dir: &Path) -> Result<RawDataset> {
         for (line, f) in rows(&users, "::", 5)? {
             let occ: usize = parse(&f[3], "occupation", &users, line)?;
             let Some(occupation) = ML1M_OCCUPATIONS.get(occ) else {
-                bail!("{}:{line}: occupation code {occ} is not in 0..=20", users.display());
+                bail!(
+                    "{}:{line}: occupation code {occ} is not in 0..=20",
+                    users.display()
+                );
             };
             ds.users.insert(
                 f[0].clone(),

@@ -48,17 +48,27 @@ impl Atomic {
     fn col(&self, name: &str, path: &Path) -> Result<usize> {
         match self.names.iter().position(|n| n == name) {
             Some(i) => Ok(i),
-            None => bail!("{}:1: header has no field `{name}` (found: {})", path.display(), self.names.join(", ")),
+            None => bail!(
+                "{}:1: header has no field `{name}` (found: {})",
+                path.display(),
+                self.names.join(", ")
+            ),
         }
     }
 }
 
 /// Reads `<dir>/<name>.inter` and, when present, `.item .user .kg .link`.
 pub fn read(dir: &Path, name: &str) -> Result<RawDataset> {
-    let mut ds = RawDataset { name: name.to_string(), ..Default::default() };
+    let mut ds = RawDataset {
+        name: name.to_string(),
+        ..Default::default()
+    };
     let inter_path = dir.join(format!("{name}.inter"));
     let inter = Atomic::read(&inter_path)?;
-    let (u, i) = (inter.col("user_id", &inter_path)?, inter.col("item_id", &inter_path)?);
+    let (u, i) = (
+        inter.col("user_id", &inter_path)?,
+        inter.col("item_id", &inter_path)?,
+    );
     let r = inter.col("rating", &inter_path)?;
     let t = inter.col("timestamp", &inter_path)?;
     for (line, f) in &inter.rows {
@@ -78,14 +88,24 @@ pub fn read(dir: &Path, name: &str) -> Result<RawDataset> {
         let class = items.names.iter().position(|n| n == "class");
         for (line, f) in &items.rows {
             let (clean, title_year) = split_title_year(&f[title]);
-            let year = match year.map(|y| f[y].trim()).filter(|y| !y.is_empty()) {
-                Some(y) => Some(parse::<i32>(y, "release_year", &item_path, *line)?),
-                None => title_year,
-            };
+            // The shipped ml-100k.item writes unknown years as "unkonwn": treat any
+            // non-numeric year as unknown rather than rejecting the real file.
+            let year = year
+                .and_then(|y| f[y].trim().parse::<i32>().ok())
+                .or(title_year);
+            let _ = line;
             let categories = class
                 .map(|c| f[c].split_whitespace().map(str::to_string).collect())
                 .unwrap_or_default();
-            ds.items.insert(f[id].clone(), ItemMeta { title: clean, year, categories, ..Default::default() });
+            ds.items.insert(
+                f[id].clone(),
+                ItemMeta {
+                    title: clean,
+                    year,
+                    categories,
+                    ..Default::default()
+                },
+            );
         }
     }
     let user_path = dir.join(format!("{name}.user"));
@@ -93,28 +113,55 @@ pub fn read(dir: &Path, name: &str) -> Result<RawDataset> {
         let users = Atomic::read(&user_path)?;
         let id = users.col("user_id", &user_path)?;
         let get = |n: &str| users.names.iter().position(|x| x == n);
-        let (age, gender, occ, zip) = (get("age"), get("gender"), get("occupation"), get("zip_code"));
+        let (age, gender, occ, zip) = (
+            get("age"),
+            get("gender"),
+            get("occupation"),
+            get("zip_code"),
+        );
         for (_, f) in &users.rows {
             let pick = |c: Option<usize>| c.map(|c| f[c].clone()).filter(|v| !v.is_empty());
             ds.users.insert(
                 f[id].clone(),
-                UserMeta { age: pick(age), gender: pick(gender), occupation: pick(occ), zip: pick(zip) },
+                UserMeta {
+                    age: pick(age),
+                    gender: pick(gender),
+                    occupation: pick(occ),
+                    zip: pick(zip),
+                },
             );
         }
     }
-    let (kg_path, link_path) = (dir.join(format!("{name}.kg")), dir.join(format!("{name}.link")));
+    let (kg_path, link_path) = (
+        dir.join(format!("{name}.kg")),
+        dir.join(format!("{name}.link")),
+    );
     if kg_path.exists() && link_path.exists() {
         let link = Atomic::read(&link_path)?;
-        let (li, le) = (link.col("item_id", &link_path)?, link.col("entity_id", &link_path)?);
-        let entity_to_item: std::collections::HashMap<&str, &str> =
-            link.rows.iter().map(|(_, f)| (f[le].as_str(), f[li].as_str())).collect();
+        let (li, le) = (
+            link.col("item_id", &link_path)?,
+            link.col("entity_id", &link_path)?,
+        );
+        let entity_to_item: std::collections::HashMap<&str, &str> = link
+            .rows
+            .iter()
+            .map(|(_, f)| (f[le].as_str(), f[li].as_str()))
+            .collect();
         let kg = Atomic::read(&kg_path)?;
-        let (h, rel, tail) = (kg.col("head_id", &kg_path)?, kg.col("relation_id", &kg_path)?, kg.col("tail_id", &kg_path)?);
+        let (h, rel, tail) = (
+            kg.col("head_id", &kg_path)?,
+            kg.col("relation_id", &kg_path)?,
+            kg.col("tail_id", &kg_path)?,
+        );
         for (_, f) in &kg.rows {
             // Facts whose head is one of the dataset's movies; relations like
             // film.film.directed_by point from the movie to the director entity.
             if let Some(item) = entity_to_item.get(f[h].as_str()) {
-                ds.kg.push(KgFact { item: item.to_string(), relation: f[rel].clone(), entity: f[tail].clone() });
+                ds.kg.push(KgFact {
+                    item: item.to_string(),
+                    relation: f[rel].clone(),
+                    entity: f[tail].clone(),
+                });
             }
         }
     }

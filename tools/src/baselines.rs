@@ -1,0 +1,93 @@
+//! The classical recommenders the agent must beat, scoring an episode's candidates.
+
+use crate::world::World;
+use anyhow::{bail, Result};
+use datasets::Episode;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Random,
+    Pop,
+    ItemKnn,
+    Bpr,
+    SasRec,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "random" => Self::Random,
+            "pop" => Self::Pop,
+            "itemknn" => Self::ItemKnn,
+            "bpr" => Self::Bpr,
+            "sasrec" => Self::SasRec,
+            o => bail!("--method `{o}`: expected random, pop, itemknn, bpr or sasrec"),
+        })
+    }
+    pub const ALL: [Method; 5] = [
+        Self::Random,
+        Self::Pop,
+        Self::ItemKnn,
+        Self::Bpr,
+        Self::SasRec,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Pop => "pop",
+            Self::ItemKnn => "itemknn",
+            Self::Bpr => "bpr",
+            Self::SasRec => "sasrec",
+        }
+    }
+}
+
+/// Scores for each candidate (higher is better).
+pub fn scores(w: &World, e: &Episode, method: Method, rng: &mut StdRng) -> Vec<f64> {
+    let history = w.data.history(e);
+    match method {
+        Method::Random => e.candidates.iter().map(|_| rng.random::<f64>()).collect(),
+        Method::Pop => e
+            .candidates
+            .iter()
+            .map(|&c| w.item_stats[c as usize].count as f64)
+            .collect(),
+        Method::ItemKnn => e
+            .candidates
+            .iter()
+            .map(|&c| {
+                history
+                    .iter()
+                    .map(|h| w.models.cooc.sim(h.item, c) as f64)
+                    .sum()
+            })
+            .collect(),
+        Method::Bpr => e
+            .candidates
+            .iter()
+            .map(|&c| w.models.bpr.score(e.user, c) as f64)
+            .collect(),
+        Method::SasRec => {
+            let items: Vec<u32> = history.iter().map(|h| h.item).collect();
+            w.models
+                .sasrec
+                .score(&items, &e.candidates)
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        }
+    }
+}
+
+/// The target's 1-based rank under `method`, ties broken at random (seeded).
+pub fn target_rank(w: &World, e: &Episode, method: Method, seed: u64) -> usize {
+    let mut rng = StdRng::seed_from_u64(seed ^ ((e.user as u64) << 20) ^ e.pos as u64);
+    let s = scores(w, e, method, &mut rng);
+    let jitter: Vec<f64> = s.iter().map(|_| rng.random::<f64>()).collect();
+    let t = e.target_index as usize;
+    1 + (0..s.len())
+        .filter(|&i| i != t && (s[i] > s[t] || (s[i] == s[t] && jitter[i] > jitter[t])))
+        .count()
+}

@@ -1,0 +1,123 @@
+//! Collaborative models trained on the training split; saved into the dataset's HDF5 file
+//! under `/models` and reloaded (not retrained) by later commands.
+
+pub mod bpr;
+pub mod cooc;
+pub mod sasrec;
+pub mod userknn;
+
+use anyhow::Result;
+use datasets::store::{Reader, Writer};
+use datasets::{Event, Prepared};
+
+pub struct CfModels {
+    pub cooc: cooc::CoOccurrence,
+    pub userknn: userknn::UserKnn,
+    pub bpr: bpr::Bpr,
+    pub sasrec: sasrec::SasRecWeights,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub seed: u64,
+    pub bpr_epochs: usize,
+    pub sasrec_epochs: usize,
+    pub progress: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            bpr_epochs: 40,
+            sasrec_epochs: 200,
+            progress: true,
+        }
+    }
+}
+
+impl CfModels {
+    /// Trains every model on `train` (the training split of each user).
+    pub fn train(data: &Prepared, train: &[Vec<Event>], opts: &TrainOptions) -> Result<Self> {
+        let n_items = data.items.len();
+        Ok(Self {
+            cooc: cooc::CoOccurrence::train(train, n_items),
+            userknn: userknn::UserKnn::train(train, n_items),
+            bpr: bpr::Bpr::train(train, n_items, opts),
+            sasrec: sasrec::train(train, n_items, opts)?,
+        })
+    }
+
+    pub fn save(&self, w: &Writer) -> Result<()> {
+        self.cooc.save(w)?;
+        self.userknn.save(w)?;
+        self.bpr.save(w)?;
+        self.sasrec.save(w)
+    }
+
+    pub fn load(r: &Reader) -> Result<Self> {
+        Ok(Self {
+            cooc: cooc::CoOccurrence::load(r)?,
+            userknn: userknn::UserKnn::load(r)?,
+            bpr: bpr::Bpr::load(r)?,
+            sasrec: sasrec::SasRecWeights::load(r)?,
+        })
+    }
+}
+
+/// Sparse neighbour lists in CSR form: `neighbors[offsets[i]..offsets[i+1]]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Neighbors {
+    pub offsets: Vec<u64>,
+    pub ids: Vec<u32>,
+    pub weights: Vec<f32>,
+}
+
+impl Neighbors {
+    pub fn of(&self, i: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let (a, b) = (
+            self.offsets[i as usize] as usize,
+            self.offsets[i as usize + 1] as usize,
+        );
+        self.ids[a..b]
+            .iter()
+            .copied()
+            .zip(self.weights[a..b].iter().copied())
+    }
+
+    pub fn from_rows(rows: Vec<Vec<(u32, f32)>>) -> Self {
+        let mut n = Self {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        for row in rows {
+            for (id, w) in row {
+                n.ids.push(id);
+                n.weights.push(w);
+            }
+            n.offsets.push(n.ids.len() as u64);
+        }
+        n
+    }
+
+    pub fn save(&self, w: &Writer, prefix: &str) -> Result<()> {
+        w.put(&format!("{prefix}/offsets"), &self.offsets)?;
+        w.put(&format!("{prefix}/ids"), &self.ids)?;
+        w.put(&format!("{prefix}/weights"), &self.weights)
+    }
+
+    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            offsets: r.get(&format!("{prefix}/offsets"))?,
+            ids: r.get(&format!("{prefix}/ids"))?,
+            weights: r.get(&format!("{prefix}/weights"))?,
+        })
+    }
+}
+
+/// Keeps the `k` largest (id, weight) pairs, ordered by weight then id.
+pub fn top_k(mut v: Vec<(u32, f32)>, k: usize) -> Vec<(u32, f32)> {
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(k);
+    v
+}

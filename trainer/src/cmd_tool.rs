@@ -1,0 +1,93 @@
+//! `recthinker tool` and `recthinker baseline`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use datasets::{Split, Subset};
+use std::path::PathBuf;
+use tools::baselines::{target_rank, Method};
+use tools::EpisodeView;
+
+#[derive(ClapArgs)]
+pub struct ToolArgs {
+    /// Prepared HDF5 file.
+    #[arg(long)]
+    data: PathBuf,
+    /// SPLIT:SUBSET:INDEX, e.g. test:dense:0.
+    #[arg(long, default_value = "test:dense:0")]
+    episode: String,
+    /// The call as JSON: {"name": ..., "arguments": {...}}.
+    #[arg(long)]
+    call: String,
+    /// Cap on the observation's length in characters.
+    #[arg(long, default_value_t = 2000)]
+    max_chars: usize,
+}
+
+pub fn run_tool(a: ToolArgs) -> Result<()> {
+    let world = tools::world::load(&a.data)?;
+    let parts: Vec<&str> = a.episode.split(':').collect();
+    let [split, subset, index] = parts[..] else {
+        bail!("--episode `{}`: expected SPLIT:SUBSET:INDEX", a.episode)
+    };
+    let index: usize = index
+        .parse()
+        .with_context(|| format!("--episode index `{index}`"))?;
+    let eps = world
+        .data
+        .select(Split::parse(split)?, Subset::parse(subset)?);
+    let Some(&e) = eps.get(index) else {
+        bail!("--episode {}: only {} episodes", a.episode, eps.len())
+    };
+    let registry = tools::suite::standard(a.max_chars);
+    let obs = registry.call_text(&world, &EpisodeView::new(&world, e), &a.call);
+    println!("{}", obs.text);
+    Ok(())
+}
+
+#[derive(ClapArgs)]
+pub struct BaselineArgs {
+    #[arg(long)]
+    data: PathBuf,
+    /// random | pop | itemknn | bpr | sasrec
+    #[arg(long)]
+    method: String,
+    #[arg(long, default_value = "dense")]
+    subset: String,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Seed for random scores and tie-breaking.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the metrics as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run_baseline(a: BaselineArgs) -> Result<()> {
+    let world = tools::world::load(&a.data)?;
+    let method = Method::parse(&a.method)?;
+    let eps = world
+        .data
+        .select(Split::parse(&a.split)?, Subset::parse(&a.subset)?);
+    let ranks: Vec<usize> = eps
+        .iter()
+        .map(|e| target_rank(&world, e, method, a.seed))
+        .collect();
+    let s = reward::NdcgSummary::from_ranks(&ranks);
+    println!(
+        "{} {} {}: NDCG@1 {:.4}  NDCG@5 {:.4}  NDCG@10 {:.4}  ({} users)",
+        method.name(),
+        a.subset,
+        a.split,
+        s.ndcg1,
+        s.ndcg5,
+        s.ndcg10,
+        ranks.len()
+    );
+    if let Some(out) = a.out {
+        let v = serde_json::json!({"ndcg@1": s.ndcg1, "ndcg@5": s.ndcg5, "ndcg@10": s.ndcg10, "users": ranks.len(),
+            "method": method.name(), "subset": a.subset, "split": a.split, "seed": a.seed});
+        rollout::fsutil::write_atomic(&out, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    Ok(())
+}
