@@ -14,7 +14,9 @@ pub struct CfModels {
     pub cooc: cooc::CoOccurrence,
     pub userknn: userknn::UserKnn,
     pub bpr: bpr::Bpr,
-    pub sasrec: sasrec::SasRecWeights,
+    /// Behind a mutex: libtorch tensors are Send but not Sync, and the world is shared by
+    /// tool calls running in parallel.
+    pub sasrec: sasrec::SasRec,
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ impl CfModels {
             cooc: cooc::CoOccurrence::train(train, n_items),
             userknn: userknn::UserKnn::train(train, n_items),
             bpr: bpr::Bpr::train(train, n_items, opts),
-            sasrec: sasrec::train(train, n_items, opts)?,
+            sasrec: sasrec::SasRec::new(sasrec::train(train, n_items, opts)?),
         })
     }
 
@@ -60,7 +62,7 @@ impl CfModels {
             cooc: cooc::CoOccurrence::load(r)?,
             userknn: userknn::UserKnn::load(r)?,
             bpr: bpr::Bpr::load(r)?,
-            sasrec: sasrec::SasRecWeights::load(r)?,
+            sasrec: sasrec::SasRec::new(sasrec::SasRecWeights::load(r)?),
         })
     }
 }

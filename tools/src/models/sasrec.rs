@@ -45,7 +45,7 @@ struct Block {
     conv2: nn::Linear,
 }
 
-pub struct SasRec {
+pub struct SasRecModel {
     cfg: SasRecConfig,
     item_emb: nn::Embedding,
     pos_emb: nn::Embedding,
@@ -53,7 +53,7 @@ pub struct SasRec {
     last_layernorm: nn::LayerNorm,
 }
 
-impl SasRec {
+impl SasRecModel {
     fn new(p: &nn::Path, n_items: i64, cfg: SasRecConfig) -> Self {
         let d = cfg.hidden;
         let emb = nn::EmbeddingConfig {
@@ -138,7 +138,7 @@ impl SasRec {
 /// The trained model and its weights, kept as a VarStore on CPU.
 pub struct SasRecWeights {
     pub vs: nn::VarStore,
-    pub model: SasRec,
+    pub model: SasRecModel,
     pub n_items: i64,
 }
 
@@ -155,7 +155,7 @@ pub fn train(train: &[Vec<Event>], n_items: usize, opts: &TrainOptions) -> Resul
     tch::manual_seed(opts.seed as i64);
     let cfg = SasRecConfig::default();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = SasRec::new(&vs.root(), n_items as i64, cfg);
+    let model = SasRecModel::new(&vs.root(), n_items as i64, cfg);
     let mut opt = nn::Adam {
         beta1: 0.9,
         beta2: 0.98,
@@ -271,7 +271,7 @@ impl SasRecWeights {
             .first()
             .context("models/sasrec/n_items is empty")?;
         let mut vs = nn::VarStore::new(Device::Cpu);
-        let model = SasRec::new(&vs.root(), n_items, SasRecConfig::default());
+        let model = SasRecModel::new(&vs.root(), n_items, SasRecConfig::default());
         for (name, mut t) in vs.variables() {
             let data: Vec<f32> = r.get(&format!("models/sasrec/weights/{name}"))?;
             let shape: Vec<i64> = r.get(&format!("models/sasrec/shapes/{name}"))?;
@@ -286,5 +286,28 @@ impl SasRecWeights {
         }
         vs.freeze();
         Ok(Self { vs, model, n_items })
+    }
+}
+
+/// A trained SASRec shared across threads.
+pub struct SasRec(std::sync::Mutex<SasRecWeights>);
+
+impl SasRec {
+    pub fn new(w: SasRecWeights) -> Self {
+        Self(std::sync::Mutex::new(w))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SasRecWeights> {
+        // A panic while holding the lock cannot leave the weights half-written (scoring
+        // only reads them), so a poisoned lock is still safe to use.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn score(&self, history: &[u32], candidates: &[u32]) -> Vec<f32> {
+        self.lock().score(history, candidates)
+    }
+
+    pub fn save(&self, w: &Writer) -> Result<()> {
+        self.lock().save(w)
     }
 }
