@@ -120,7 +120,7 @@ fn prepare(a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-fn stats(file: &PathBuf) -> Result<()> {
+fn stats(file: &std::path::Path) -> Result<()> {
     let r = Reader::open(file)?;
     let d = read_prepared(&r)?;
     let lens: Vec<usize> = d.sequences.iter().map(Vec::len).collect();
@@ -147,7 +147,7 @@ fn stats(file: &PathBuf) -> Result<()> {
     Ok(())
 }
 
-fn episodes(file: &PathBuf, split: &str, subset: &str) -> Result<()> {
+fn episodes(file: &std::path::Path, split: &str, subset: &str) -> Result<()> {
     let d = read_prepared(&Reader::open(file)?)?;
     let (split, subset) = (Split::parse(split)?, Subset::parse(subset)?);
     let mut out = std::io::stdout().lock();

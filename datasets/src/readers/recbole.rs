@@ -1,5 +1,5 @@
 //! RecBole atomic files (`.inter .item .user .kg .link`): tab-separated with typed headers
-//! such as `item_id:token	movie_title:token_seq`. MovieLens-100k as shipped by PyPI
+//! such as `item_id:token<TAB>movie_title:token_seq`. MovieLens-100k as shipped by PyPI
 //! `recbole==1.2.1` under `recbole/dataset_example/ml-100k/`.
 
 use super::{parse, read_text};

@@ -39,7 +39,18 @@ impl Bpr {
             .enumerate()
             .flat_map(|(u, s)| s.iter().map(move |e| (u as u32, e.item)))
             .collect();
+        let bar = if opts.progress {
+            indicatif::ProgressBar::new(opts.bpr_epochs as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "BPR-MF {bar:30} {pos}/{len} epochs [{elapsed}<{eta}]",
+        ) {
+            bar.set_style(style);
+        }
         for _ in 0..opts.bpr_epochs {
+            bar.inc(1);
             for _ in 0..pairs.len() {
                 let (u, i) = pairs[rng.random_range(0..pairs.len())];
                 let j = loop {

@@ -23,7 +23,8 @@ impl CoOccurrence {
                 users_of[e.item as usize].push(u as u32);
             }
         }
-        let rows: Vec<(Vec<(u32, f32)>, Vec<(u32, f32)>)> = (0..n_items)
+        type Row = Vec<(u32, f32)>;
+        let rows: Vec<(Row, Row)> = (0..n_items)
             .into_par_iter()
             .map(|i| {
                 let mut counts = vec![0u32; n_items];
