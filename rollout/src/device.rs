@@ -1,33 +1,11 @@
 //! Device and dtype selection, CUDA registration and thread defaults.
 
 use anyhow::{bail, Result};
-use std::sync::Once;
 use tch::{Device, Kind};
 
-static INIT: Once = Once::new();
-
-/// Registers libtorch's CUDA backend and sets the thread default. Call once at startup.
-///
-/// The linker drops `libtorch_cuda.so` because nothing references it directly (tch issue
-/// #980), so CUDA would never be registered; loading it by hand fixes that. A null handle
-/// simply means this libtorch has no CUDA: we run on CPU.
+/// Registers CUDA and sets threads; see `tools::torch_env::init`.
 pub fn init_torch() {
-    INIT.call_once(|| {
-        let name = c"libtorch_cuda.so";
-        // SAFETY: dlopen with a valid NUL-terminated name; the handle is intentionally leaked
-        // so the library stays loaded for the life of the process.
-        unsafe {
-            libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
-        }
-        // On small CPUs, several OpenMP threads made small ops 10-100x slower after a large
-        // matmul; one thread is the measured-safe default. RECTHINKER_THREADS overrides it.
-        let threads = std::env::var("RECTHINKER_THREADS")
-            .ok()
-            .and_then(|s| s.parse::<i32>().ok())
-            .unwrap_or(1);
-        tch::set_num_threads(threads);
-        tch::set_num_interop_threads(1);
-    });
+    tools::torch_env::init();
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {

@@ -1,6 +1,7 @@
 //! The policy side of recthinker: the HF Llama/Qwen2 model on libtorch, its tokenizer and
 //! chat template, and the KV-cache batched generation engine that rollouts run on.
 
+pub mod agent;
 pub mod chat;
 pub mod config;
 pub mod device;

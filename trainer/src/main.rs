@@ -2,9 +2,11 @@
 
 mod cmd_bench;
 mod cmd_data;
+mod cmd_eval;
 mod cmd_generate;
 mod cmd_logits;
 mod cmd_tool;
+mod trajectory;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     Tool(cmd_tool::ToolArgs),
     /// Evaluate a classical recommender (random, pop, itemknn, bpr, sasrec).
     Baseline(cmd_tool::BaselineArgs),
+    /// Run the agent on evaluation episodes; report NDCG, validity, tool use, throughput.
+    Eval(cmd_eval::Args),
     /// Benchmarks (see scripts/bench/).
     Bench(cmd_bench::Args),
 }
@@ -47,6 +51,7 @@ fn main() {
         Command::Logits(a) => cmd_logits::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Data(a) => cmd_data::run(a),
+        Command::Eval(a) => cmd_eval::run(a),
         Command::Tool(a) => cmd_tool::run_tool(a),
         Command::Baseline(a) => cmd_tool::run_baseline(a),
     };

@@ -1,0 +1,13 @@
+//! The agent loop: many episodes x G samples on one generation engine. Each row is a small
+//! state machine (generate a turn -> answer, or call a tool and continue with its result as
+//! forced tokens) until an answer or a limit.
+
+pub mod episode;
+pub mod generator;
+pub mod prompt;
+pub mod run;
+pub mod scripted;
+
+pub use episode::{AgentRow, CallRecord, EndReason};
+pub use generator::{Generator, TurnEnd};
+pub use run::{run_agent, AgentConfig};

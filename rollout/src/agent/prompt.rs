@@ -1,0 +1,68 @@
+//! The prompts: a system prompt stating the Analyze-Plan-Act protocol and the tools, and a
+//! user prompt with the user id, the last `prompt_history_len` history items and the
+//! numbered candidates.
+
+use tools::{EpisodeView, Registry, World};
+
+fn item_text(w: &World, item: u32) -> String {
+    let m = &w.data.items[item as usize].meta;
+    let mut s = w.title(item);
+    if !m.categories.is_empty() {
+        s.push_str(&format!(
+            " [{}]",
+            m.categories
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    s
+}
+
+pub fn system_prompt(registry: Option<&Registry>, max_turns: usize) -> String {
+    match registry {
+        Some(reg) => format!(
+            "You are a recommendation agent. You rank the candidate items for a user, best first.\n\
+Work in Analyze-Plan-Act steps:\n\
+1. Analyze: inside <think>...</think>, say what you know about the user and the candidates and what information is missing.\n\
+2. Act: to fill a gap, call exactly one tool per turn as <tool_call>{{\"name\": \"<tool>\", \"arguments\": {{...}}}}</tool_call>. The result comes back in <tool_response>...</tool_response>.\n\
+3. Answer: when you know enough, give all candidate numbers, best first, as <answer>3, 1, 7, ...</answer>.\n\
+Use at most {max_turns} tool calls.\n\
+Tools:\n{}",
+            reg.describe()
+        ),
+        None => "You are a recommendation agent. You rank the candidate items for a user, best first, from the information given.\n\
+Think inside <think>...</think>, then give all candidate numbers, best first, as <answer>3, 1, 7, ...</answer>."
+            .to_string(),
+    }
+}
+
+pub fn user_prompt(w: &World, ep: &EpisodeView, history_len: usize) -> String {
+    let user = &w.data.users[ep.user as usize];
+    let mut s = format!("User {}.\n", user.raw_id);
+    let recent = &ep.history[ep.history.len().saturating_sub(history_len)..];
+    if recent.is_empty() {
+        s.push_str("No history.\n");
+    } else {
+        s.push_str(&format!(
+            "Most recent {} of {} history items (oldest first):\n",
+            recent.len(),
+            ep.history.len()
+        ));
+        for e in recent {
+            s.push_str(&format!(
+                "- {} (rated {})\n",
+                item_text(w, e.item),
+                e.rating
+            ));
+        }
+    }
+    s.push_str("Candidates:\n");
+    for (i, &c) in ep.candidates.iter().enumerate() {
+        s.push_str(&format!("{}. {}\n", i + 1, item_text(w, c)));
+    }
+    s.push_str(&format!("Rank all {} candidates.", ep.candidates.len()));
+    s
+}

@@ -1,0 +1,30 @@
+//! libtorch process setup, shared by every crate that runs tensors (tools is the first in the
+//! dependency chain to do so: SASRec).
+
+use std::sync::Once;
+
+static INIT: Once = Once::new();
+
+/// Registers libtorch's CUDA backend and sets the thread default. Idempotent.
+///
+/// The linker drops `libtorch_cuda.so` because nothing references it directly (tch issue
+/// #980), so CUDA would never be registered; loading it by hand fixes that. A null handle
+/// simply means this libtorch has no CUDA: we run on CPU.
+pub fn init() {
+    INIT.call_once(|| {
+        let name = c"libtorch_cuda.so";
+        // SAFETY: dlopen with a valid NUL-terminated name; the handle is intentionally leaked
+        // so the library stays loaded for the life of the process.
+        unsafe {
+            libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        }
+        // On small CPUs, several OpenMP threads made small ops 10-100x slower after a large
+        // matmul; one thread is the measured-safe default. RECTHINKER_THREADS overrides it.
+        let threads = std::env::var("RECTHINKER_THREADS")
+            .ok()
+            .and_then(|s| s.parse::<i32>().ok())
+            .unwrap_or(1);
+        tch::set_num_threads(threads);
+        tch::set_num_interop_threads(1);
+    });
+}
