@@ -8,6 +8,7 @@ pub mod device;
 pub mod engine;
 pub mod fsutil;
 pub mod kv_cache;
+pub mod lora;
 pub mod model;
 pub mod policy;
 pub mod rope;

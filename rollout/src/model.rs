@@ -13,10 +13,15 @@ use tch::{nn, Device, Kind, Tensor};
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// A LoRA adapter, when fine-tuning with one (see lora.rs).
+    pub lora: Option<crate::lora::Lora>,
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.lora.is_some() {
+            return self.forward_lora(x);
+        }
         x.linear(&self.weight, self.bias.as_ref())
     }
 }
@@ -255,7 +260,7 @@ impl Model {
             } else {
                 None
             };
-            Ok(Linear { weight, bias })
+            Ok(Linear { weight, bias, lora: None })
         };
         let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let mut layers = Vec::new();

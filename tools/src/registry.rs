@@ -78,17 +78,29 @@ impl Registry {
         )
     }
 
-    /// One line per tool for a system prompt.
+    /// One line per tool for a system prompt, with compact signatures such as
+    /// `user_history(genre?: string, order?: recent|oldest, limit?: 1..50)`.
     pub fn describe(&self) -> String {
         self.tools
             .iter()
             .map(|t| {
-                format!(
-                    "- {}: {} Arguments: {}",
-                    t.name(),
-                    t.description(),
-                    t.parameters()["properties"]
-                )
+                let params = t.parameters();
+                let required: Vec<&str> = params["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let args: Vec<String> = params["properties"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, spec)| {
+                        let ty = match (spec.get("enum").and_then(Value::as_array), spec.get("minimum"), spec.get("maximum")) {
+                            (Some(e), _, _) => e.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("|"),
+                            (None, Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+                            _ => spec["type"].as_str().unwrap_or("string").to_string(),
+                        };
+                        let opt = if required.contains(&name.as_str()) { "" } else { "?" };
+                        format!("{name}{opt}: {ty}")
+                    })
+                    .collect();
+                format!("- {}({}): {}", t.name(), args.join(", "), t.description())
             })
             .collect::<Vec<_>>()
             .join("\n")

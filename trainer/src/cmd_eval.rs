@@ -1,7 +1,7 @@
 //! `recthinker eval`: run the agent on evaluation episodes and report NDCG, validity, tool use
 //! and throughput.
 
-use crate::trajectory::{score, to_json};
+use trainer::trajectory::{score, to_json};
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use datasets::{Split, Subset};

@@ -6,7 +6,8 @@ mod cmd_eval;
 mod cmd_generate;
 mod cmd_logits;
 mod cmd_tool;
-mod trajectory;
+mod cmd_train;
+
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,6 +41,12 @@ enum Command {
     Baseline(cmd_tool::BaselineArgs),
     /// Run the agent on evaluation episodes; report NDCG, validity, tool use, throughput.
     Eval(cmd_eval::Args),
+    /// Synthesize SFT trajectories with a teacher and a rejection filter (--config TOML).
+    Synth(cmd_train::ConfigArgs),
+    /// Supervised fine-tuning, full or LoRA (--config TOML; --resume continues a run).
+    Sft(cmd_train::ConfigArgs),
+    /// Export a checkpoint as an HF directory (LoRA merged).
+    Export(cmd_train::ExportArgs),
     /// Benchmarks (see scripts/bench/).
     Bench(cmd_bench::Args),
 }
@@ -52,6 +59,9 @@ fn main() {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Data(a) => cmd_data::run(a),
         Command::Eval(a) => cmd_eval::run(a),
+        Command::Synth(a) => cmd_train::synth_cmd(a),
+        Command::Sft(a) => cmd_train::sft_cmd(a),
+        Command::Export(a) => cmd_train::export_cmd(a),
         Command::Tool(a) => cmd_tool::run_tool(a),
         Command::Baseline(a) => cmd_tool::run_baseline(a),
     };

@@ -1,0 +1,14 @@
+//! The trainer: trajectory synthesis, SFT, GRPO, checkpoints and export. The `recthinker`
+//! binary (src/main.rs) is a thin CLI over these modules.
+
+pub mod checkpoint;
+pub mod config;
+pub mod export;
+pub mod logprobs;
+pub mod losses;
+pub mod optim;
+pub mod sequence;
+pub mod run_dir;
+pub mod sft;
+pub mod synth;
+pub mod trajectory;

@@ -1,0 +1,190 @@
+//! Supervised fine-tuning on synthesized trajectories: loss on sampled-assistant tokens only,
+//! full fine-tuning or LoRA, AdamW with warmup + cosine, gradient accumulation, clipping,
+//! periodic validation NDCG, atomic checkpoints and exact resume.
+
+use crate::checkpoint;
+use crate::logprobs::token_logprobs;
+use crate::losses::sft_loss;
+use crate::optim::{lr_at, AdamW, OptimConfig};
+use crate::run_dir::RunDir;
+use crate::sequence::{tokenize_conversation, TokenSequence};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rollout::chat::Message;
+use rollout::device::{parse_device, parse_dtype};
+use rollout::lora::LoraConfig;
+use rollout::{Model, Policy};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::Tensor;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftConfig {
+    /// Where config, metrics and checkpoints go.
+    pub run_dir: PathBuf,
+    /// The HF model directory to start from.
+    pub model: PathBuf,
+    /// SFT set (JSON lines with `messages`), as written by `recthinker synth`.
+    pub train_file: PathBuf,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub steps: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_micro")]
+    pub micro_batch: usize,
+    /// Longer conversations are cut to this many tokens.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Checkpoint every N steps (and at the end).
+    #[serde(default = "default_save_every")]
+    pub save_every: usize,
+    /// Present: train LoRA adapters instead of all weights.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    #[serde(default)]
+    pub optim: OptimConfig,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_batch() -> usize {
+    4
+}
+fn default_micro() -> usize {
+    1
+}
+fn default_max_len() -> usize {
+    2048
+}
+fn default_save_every() -> usize {
+    50
+}
+
+/// The trainable parameters, by name (adapters only under LoRA).
+pub fn trainable(model: &Model) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+pub fn load_examples(cfg: &SftConfig, policy: &Policy) -> Result<Vec<TokenSequence>> {
+    let text = std::fs::read_to_string(&cfg.train_file).with_context(|| format!("reading {}", cfg.train_file.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", cfg.train_file.display(), i + 1))?;
+        let messages: Vec<Message> = serde_json::from_value(v["messages"].clone()).with_context(|| format!("{}:{}: no `messages` list", cfg.train_file.display(), i + 1))?;
+        let mut seq = tokenize_conversation(&policy.tokenizer, &policy.chat, &messages).with_context(|| format!("{}:{}", cfg.train_file.display(), i + 1))?;
+        seq.ids.truncate(cfg.max_len);
+        seq.mask.truncate(cfg.max_len);
+        out.push(seq);
+    }
+    if out.is_empty() {
+        bail!("{}: no training examples", cfg.train_file.display());
+    }
+    Ok(out)
+}
+
+/// Example indices of step `step`: epochs are seeded permutations, so the data position
+/// follows from the step alone (and resumes exactly).
+pub fn batch_indices(n: usize, seed: u64, step: usize, batch: usize) -> Vec<usize> {
+    (0..batch)
+        .map(|j| {
+            let pos = step * batch + j;
+            let (epoch, k) = (pos / n, pos % n);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)));
+            order[k]
+        })
+        .collect()
+}
+
+/// Right-padded [B, T] ids and [B, T] mask tensors.
+pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
+    let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
+    let mut ids = vec![0i64; seqs.len() * t];
+    let mut mask = vec![0u8; seqs.len() * t];
+    for (b, s) in seqs.iter().enumerate() {
+        ids[b * t..b * t + s.ids.len()].copy_from_slice(&s.ids);
+        mask[b * t..b * t + s.mask.len()].copy_from_slice(&s.mask);
+    }
+    let shape = [seqs.len() as i64, t as i64];
+    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
+}
+
+pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
+    let device = parse_device(&cfg.device)?;
+    let kind = parse_dtype(&cfg.dtype)?;
+    tch::manual_seed(cfg.seed as i64);
+    let mut policy = Policy::load(&cfg.model, device, kind)?;
+    if let Some(l) = &cfg.lora {
+        policy.model.add_lora(l)?;
+    }
+    let examples = load_examples(cfg, &policy)?;
+    let run = RunDir::create(&cfg.run_dir, &serde_json::to_value(cfg)?)?;
+    let mut opt = AdamW::new(trainable(&policy.model));
+    let mut start = 0;
+    if resume {
+        match checkpoint::latest(&run.checkpoints())? {
+            Some(ck) => {
+                checkpoint::load_weights(&policy.model, &ck)?;
+                checkpoint::load_optimizer(&mut opt, &ck)?;
+                start = checkpoint::read_state(&ck)?["step"].as_u64().context("checkpoint state has no step")? as usize;
+                run.truncate_metrics(start)?;
+                eprintln!("resumed from {} at step {start}", ck.display());
+            }
+            None => eprintln!("no checkpoint in {}; starting fresh", run.checkpoints().display()),
+        }
+    } else {
+        let _ = std::fs::remove_file(run.metrics_path());
+    }
+    let trainable_count: i64 = opt.params.iter().map(|(_, p)| p.numel() as i64).sum();
+    eprintln!("SFT: {} examples, {} trainable parameters{}", examples.len(), trainable_count, if cfg.lora.is_some() { " (LoRA)" } else { "" });
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(ProgressStyle::with_template("sft {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}").map_err(|e| anyhow::anyhow!("{e}"))?);
+    bar.set_position(start as u64);
+    let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    for step in start..end {
+        let t0 = Instant::now();
+        let idx = batch_indices(examples.len(), cfg.seed, step, cfg.batch_size);
+        let batch: Vec<&TokenSequence> = idx.iter().map(|&i| &examples[i]).collect();
+        // Normalize by the batch's loss tokens so accumulation equals one big batch.
+        let tokens: usize = batch.iter().map(|s| s.mask[1..].iter().filter(|&&m| m == 1).count()).sum();
+        let mut loss_sum = 0.0;
+        for micro in batch.chunks(cfg.micro_batch.max(1)) {
+            let (ids, mask) = pad(micro, device);
+            let lp = token_logprobs(&policy.model, &ids, &mask);
+            let t = mask.size()[1];
+            let loss = sft_loss(&lp.dense, &mask.narrow(1, 1, t - 1), tokens.max(1) as f64);
+            loss.backward();
+            loss_sum += loss.double_value(&[]);
+        }
+        let grad_norm = opt.clip_grad_norm(cfg.optim.max_grad_norm);
+        let lr = lr_at(&cfg.optim, step, cfg.steps);
+        opt.apply(&cfg.optim, lr);
+        opt.zero_grad();
+        let line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "seconds": t0.elapsed().as_secs_f64()});
+        run.log(&line)?;
+        bar.set_message(format!("loss {loss_sum:.4}"));
+        bar.inc(1);
+        let done = step + 1;
+        if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
+            let state = serde_json::json!({"step": done, "kind": "sft", "base_model": cfg.model, "lora": cfg.lora, "dtype": cfg.dtype, "seed": cfg.seed});
+            checkpoint::save(&run.checkpoints(), done, &policy.model, &opt, &state)?;
+        }
+    }
+    bar.finish();
+    Ok(())
+}
