@@ -18,7 +18,8 @@ pub fn trained_tensors(model: &Model) -> BTreeMap<String, Tensor> {
     model.vs.variables().into_iter().filter(|(n, _)| !lora || n.contains("lora_")).collect()
 }
 
-pub fn save(dir: &Path, step: usize, model: &Model, opt: &AdamW, state: &serde_json::Value) -> Result<PathBuf> {
+/// Writes checkpoint `step` and keeps only the newest `keep` checkpoints (0: keep all).
+pub fn save(dir: &Path, step: usize, model: &Model, opt: &AdamW, state: &serde_json::Value, keep: usize) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = format!("step-{step:06}");
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -31,6 +32,17 @@ pub fn save(dir: &Path, step: usize, model: &Model, opt: &AdamW, state: &serde_j
     let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&tmp, &target).with_context(|| format!("renaming {} into place", tmp.display()))?;
     write_atomic(&dir.join("latest"), name.as_bytes())?;
+    if keep > 0 {
+        let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+            .collect();
+        steps.sort();
+        let excess = steps.len().saturating_sub(keep);
+        for old in &steps[..excess] {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
     Ok(target)
 }
 

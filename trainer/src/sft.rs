@@ -47,6 +47,9 @@ pub struct SftConfig {
     /// Checkpoint every N steps (and at the end).
     #[serde(default = "default_save_every")]
     pub save_every: usize,
+    /// Keep the newest N checkpoints (0: all).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
     /// Present: train LoRA adapters instead of all weights.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
@@ -71,6 +74,9 @@ fn default_max_len() -> usize {
 }
 fn default_save_every() -> usize {
     50
+}
+fn default_keep() -> usize {
+    3
 }
 
 /// The trainable parameters, by name (adapters only under LoRA).
@@ -182,7 +188,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         let done = step + 1;
         if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
             let state = serde_json::json!({"step": done, "kind": "sft", "base_model": cfg.model, "lora": cfg.lora, "dtype": cfg.dtype, "seed": cfg.seed});
-            checkpoint::save(&run.checkpoints(), done, &policy.model, &opt, &state)?;
+            checkpoint::save(&run.checkpoints(), done, &policy.model, &opt, &state, cfg.keep_checkpoints)?;
         }
     }
     bar.finish();
