@@ -17,7 +17,21 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self { rank: 16, alpha: 32.0, target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec() }
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            target_modules: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
     }
 }
 
@@ -37,7 +51,15 @@ impl Linear {
     }
 }
 
-const MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+const MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 impl Model {
     /// Freezes the base weights and adds LoRA adapters to the target modules. A is
@@ -48,7 +70,10 @@ impl Model {
         }
         for t in &cfg.target_modules {
             if !MODULES.contains(&t.as_str()) {
-                bail!("lora.target_modules: unknown module `{t}` (known: {})", MODULES.join(", "));
+                bail!(
+                    "lora.target_modules: unknown module `{t}` (known: {})",
+                    MODULES.join(", ")
+                );
             }
         }
         self.vs.freeze();
@@ -76,7 +101,9 @@ impl Model {
                 // PEFT's init: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform with a=sqrt(5)), B = 0.
                 let device = lin.weight.device();
                 let bound = 1.0 / (inp as f64).sqrt();
-                let a0 = (Tensor::rand([cfg.rank, inp], (Kind::Float, device)) * (2.0 * bound) - bound).to_kind(kind);
+                let a0 = (Tensor::rand([cfg.rank, inp], (Kind::Float, device)) * (2.0 * bound)
+                    - bound)
+                    .to_kind(kind);
                 let b0 = Tensor::zeros([out, cfg.rank], (kind, device));
                 let a = (&p / "lora_A").add("weight", a0, true);
                 let b = (&p / "lora_B").add("weight", b0, true);
@@ -92,9 +119,19 @@ impl Model {
             for layer in &mut self.layers {
                 let a = &mut layer.self_attn;
                 let m = &mut layer.mlp;
-                for lin in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+                for lin in [
+                    &mut a.q_proj,
+                    &mut a.k_proj,
+                    &mut a.v_proj,
+                    &mut a.o_proj,
+                    &mut m.gate_proj,
+                    &mut m.up_proj,
+                    &mut m.down_proj,
+                ] {
                     if let Some(l) = lin.lora.take() {
-                        let delta = (l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float)) * l.scale).to_kind(lin.weight.kind());
+                        let delta = (l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float))
+                            * l.scale)
+                            .to_kind(lin.weight.kind());
                         let _ = lin.weight.g_add_(&delta);
                     }
                 }
@@ -103,6 +140,10 @@ impl Model {
     }
 
     pub fn has_lora(&self) -> bool {
-        self.layers.iter().any(|l| l.self_attn.q_proj.lora.is_some() || l.mlp.up_proj.lora.is_some() || l.self_attn.v_proj.lora.is_some())
+        self.layers.iter().any(|l| {
+            l.self_attn.q_proj.lora.is_some()
+                || l.mlp.up_proj.lora.is_some()
+                || l.self_attn.v_proj.lora.is_some()
+        })
     }
 }

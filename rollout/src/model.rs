@@ -260,7 +260,11 @@ impl Model {
             } else {
                 None
             };
-            Ok(Linear { weight, bias, lora: None })
+            Ok(Linear {
+                weight,
+                bias,
+                lora: None,
+            })
         };
         let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let mut layers = Vec::new();

@@ -85,18 +85,35 @@ impl Registry {
             .iter()
             .map(|t| {
                 let params = t.parameters();
-                let required: Vec<&str> = params["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let required: Vec<&str> = params["required"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
                 let args: Vec<String> = params["properties"]
                     .as_object()
                     .into_iter()
                     .flatten()
                     .map(|(name, spec)| {
-                        let ty = match (spec.get("enum").and_then(Value::as_array), spec.get("minimum"), spec.get("maximum")) {
-                            (Some(e), _, _) => e.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("|"),
+                        let ty = match (
+                            spec.get("enum").and_then(Value::as_array),
+                            spec.get("minimum"),
+                            spec.get("maximum"),
+                        ) {
+                            (Some(e), _, _) => e
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join("|"),
                             (None, Some(lo), Some(hi)) => format!("{lo}..{hi}"),
                             _ => spec["type"].as_str().unwrap_or("string").to_string(),
                         };
-                        let opt = if required.contains(&name.as_str()) { "" } else { "?" };
+                        let opt = if required.contains(&name.as_str()) {
+                            ""
+                        } else {
+                            "?"
+                        };
                         format!("{name}{opt}: {ty}")
                     })
                     .collect();

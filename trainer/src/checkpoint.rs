@@ -15,27 +15,51 @@ use tch::Tensor;
 /// The tensors a checkpoint stores: adapters only for LoRA runs, every weight otherwise.
 pub fn trained_tensors(model: &Model) -> BTreeMap<String, Tensor> {
     let lora = model.has_lora();
-    model.vs.variables().into_iter().filter(|(n, _)| !lora || n.contains("lora_")).collect()
+    model
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| !lora || n.contains("lora_"))
+        .collect()
 }
 
 /// Writes checkpoint `step` and keeps only the newest `keep` checkpoints (0: keep all).
-pub fn save(dir: &Path, step: usize, model: &Model, opt: &AdamW, state: &serde_json::Value, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    dir: &Path,
+    step: usize,
+    model: &Model,
+    opt: &AdamW,
+    state: &serde_json::Value,
+    keep: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = format!("step-{step:06}");
     let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    save_safetensors(&trained_tensors(model), None, &tmp.join("weights.safetensors"))?;
+    save_safetensors(
+        &trained_tensors(model),
+        None,
+        &tmp.join("weights.safetensors"),
+    )?;
     save_safetensors(&opt.state(), None, &tmp.join("optimizer.safetensors"))?;
-    write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    write_atomic(
+        &tmp.join("state.json"),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
     let target = dir.join(&name);
     let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&tmp, &target).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    std::fs::rename(&tmp, &target)
+        .with_context(|| format!("renaming {} into place", tmp.display()))?;
     write_atomic(&dir.join("latest"), name.as_bytes())?;
     if keep > 0 {
         let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-"))
+            })
             .collect();
         steps.sort();
         let excess = steps.len().saturating_sub(keep);
@@ -52,21 +76,32 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
     if !file.exists() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let name =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let path = dir.join(name.trim());
     if !path.join("state.json").exists() {
-        bail!("{} points at {}, which is incomplete", file.display(), path.display());
+        bail!(
+            "{} points at {}, which is incomplete",
+            file.display(),
+            path.display()
+        );
     }
     Ok(Some(path))
 }
 
 pub fn read_state(ckpt: &Path) -> Result<serde_json::Value> {
     let p = ckpt.join("state.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?).with_context(|| format!("parsing {}", p.display()))
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+    )
+    .with_context(|| format!("parsing {}", p.display()))
 }
 
 fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    Ok(Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect())
+    Ok(Tensor::read_safetensors(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .into_iter()
+        .collect())
 }
 
 /// Copies the checkpoint's weights into `model` (which must have the same adapters).
@@ -75,9 +110,16 @@ pub fn load_weights(model: &Model, ckpt: &Path) -> Result<()> {
     let vars = trained_tensors(model);
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
-            let Some(t) = saved.get(&name) else { bail!("{}: checkpoint lacks tensor `{name}`", ckpt.display()) };
+            let Some(t) = saved.get(&name) else {
+                bail!("{}: checkpoint lacks tensor `{name}`", ckpt.display())
+            };
             if t.size() != var.size() {
-                bail!("{}: tensor `{name}` has shape {:?}, the model {:?}", ckpt.display(), t.size(), var.size());
+                bail!(
+                    "{}: tensor `{name}` has shape {:?}, the model {:?}",
+                    ckpt.display(),
+                    t.size(),
+                    var.size()
+                );
             }
             var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
         }
@@ -87,7 +129,14 @@ pub fn load_weights(model: &Model, ckpt: &Path) -> Result<()> {
 
 pub fn load_optimizer(opt: &mut AdamW, ckpt: &Path) -> Result<()> {
     let state = read_tensors(&ckpt.join("optimizer.safetensors"))?;
-    let device = opt.params.first().map(|(_, p)| p.device()).unwrap_or(tch::Device::Cpu);
-    let state = state.into_iter().map(|(k, v)| (k, v.to_device(device))).collect();
+    let device = opt
+        .params
+        .first()
+        .map(|(_, p)| p.device())
+        .unwrap_or(tch::Device::Cpu);
+    let state = state
+        .into_iter()
+        .map(|(k, v)| (k, v.to_device(device)))
+        .collect();
     opt.load_state(&state)
 }

@@ -1,7 +1,6 @@
 //! `recthinker eval`: run the agent on evaluation episodes and report NDCG, validity, tool use
 //! and throughput.
 
-use trainer::trajectory::{score, to_json};
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use datasets::{Split, Subset};
@@ -15,6 +14,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
+use trainer::trajectory::{score, to_json};
 
 #[derive(ClapArgs)]
 pub struct Args {

@@ -12,18 +12,38 @@ use tch::{Device, Kind};
 
 pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
     let state = checkpoint::read_state(ckpt)?;
-    let base = PathBuf::from(state["base_model"].as_str().context("checkpoint state has no base_model")?);
+    let base = PathBuf::from(
+        state["base_model"]
+            .as_str()
+            .context("checkpoint state has no base_model")?,
+    );
     let mut policy = Policy::load(&base, Device::Cpu, Kind::Float)?;
     if let Some(l) = state.get("lora").filter(|v| !v.is_null()) {
-        let cfg: LoraConfig = serde_json::from_value(l.clone()).context("checkpoint lora config")?;
+        let cfg: LoraConfig =
+            serde_json::from_value(l.clone()).context("checkpoint lora config")?;
         policy.model.add_lora(&cfg)?;
     }
     checkpoint::load_weights(&policy.model, ckpt)?;
     policy.model.merge_lora();
-    let weights: BTreeMap<String, tch::Tensor> = policy.model.vs.variables().into_iter().filter(|(n, _)| !n.contains("lora_")).map(|(n, t)| (n, t.detach())).collect();
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let weights: BTreeMap<String, tch::Tensor> = policy
+        .model
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(n, _)| !n.contains("lora_"))
+        .map(|(n, t)| (n, t.detach()))
+        .collect();
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".{}.tmp", out.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default()));
+    let tmp = parent.join(format!(
+        ".{}.tmp",
+        out.file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     let mut meta = std::collections::HashMap::new();
@@ -35,17 +55,30 @@ pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
         o.remove("quantization_config");
         o.remove("torch_dtype");
     }
-    rollout::fsutil::write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"] {
+    rollout::fsutil::write_atomic(
+        &tmp.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
         if base.join(f).exists() {
             std::fs::copy(base.join(f), tmp.join(f)).with_context(|| format!("copying {f}"))?;
         }
     }
     if !tmp.join("generation_config.json").exists() {
         let g = serde_json::json!({"eos_token_id": policy.tokenizer.eos_ids, "bos_token_id": policy.model.config.bos_token_id});
-        rollout::fsutil::write_atomic(&tmp.join("generation_config.json"), g.to_string().as_bytes())?;
+        rollout::fsutil::write_atomic(
+            &tmp.join("generation_config.json"),
+            g.to_string().as_bytes(),
+        )?;
     }
     let _ = std::fs::remove_dir_all(out);
-    std::fs::rename(&tmp, out).with_context(|| format!("moving the export into {}", out.display()))?;
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("moving the export into {}", out.display()))?;
     Ok(())
 }

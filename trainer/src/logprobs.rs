@@ -26,11 +26,15 @@ pub fn token_logprobs(model: &Model, ids: &Tensor, mask: &Tensor) -> TokenLogpro
     let picked = hidden.view([-1, h]).index_select(0, &src);
     let lp_all = model.logits(&picked).log_softmax(-1, Kind::Float);
     let targets = ids.reshape([-1]).index_select(0, &(&src + 1));
-    let lp = lp_all.gather(1, &targets.unsqueeze(1), false).squeeze_dim(1);
+    let lp = lp_all
+        .gather(1, &targets.unsqueeze(1), false)
+        .squeeze_dim(1);
     let entropy = tch::no_grad(|| {
         let n = lp_all.size()[0].max(1) as f64;
         (-(lp_all.exp() * &lp_all).sum(Kind::Float)).double_value(&[]) / n
     });
-    let dense = Tensor::zeros([b * (t - 1)], (Kind::Float, ids.device())).index_put(&[Some(flat)], &lp, false).view([b, t - 1]);
+    let dense = Tensor::zeros([b * (t - 1)], (Kind::Float, ids.device()))
+        .index_put(&[Some(flat)], &lp, false)
+        .view([b, t - 1]);
     TokenLogprobs { dense, entropy }
 }

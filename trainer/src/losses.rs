@@ -46,7 +46,13 @@ pub struct GrpoLossConfig {
 
 impl Default for GrpoLossConfig {
     fn default() -> Self {
-        Self { eps_low: 0.2, eps_high: 0.28, beta: 0.0, aggregation: Aggregation::TokenMean, dr_grpo_length: 1024.0 }
+        Self {
+            eps_low: 0.2,
+            eps_high: 0.28,
+            beta: 0.0,
+            aggregation: Aggregation::TokenMean,
+            dr_grpo_length: 1024.0,
+        }
     }
 }
 
@@ -62,34 +68,48 @@ fn aggregate(x: &Tensor, mask: &Tensor, agg: Aggregation, dr_len: f64) -> Tensor
     let b = x.size()[0] as f64;
     match agg {
         Aggregation::TokenMean => (x * &m).sum(Kind::Float) / m.sum(Kind::Float).clamp_min(1.0),
-        Aggregation::SequenceMean => ((x * &m).sum_dim_intlist(-1, false, Kind::Float) / m.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0)).mean(Kind::Float),
+        Aggregation::SequenceMean => ((x * &m).sum_dim_intlist(-1, false, Kind::Float)
+            / m.sum_dim_intlist(-1, false, Kind::Float).clamp_min(1.0))
+        .mean(Kind::Float),
         Aggregation::DrGrpo => (x * &m).sum(Kind::Float) / (b * dr_len),
     }
 }
 
 /// The GRPO loss for new/old/ref token log-probs [B, T], advantages [B] and mask [B, T].
-pub fn grpo_loss(new_lp: &Tensor, old_lp: &Tensor, ref_lp: Option<&Tensor>, adv: &Tensor, mask: &Tensor, cfg: &GrpoLossConfig) -> GrpoTerms {
+pub fn grpo_loss(
+    new_lp: &Tensor,
+    old_lp: &Tensor,
+    ref_lp: Option<&Tensor>,
+    adv: &Tensor,
+    mask: &Tensor,
+    cfg: &GrpoLossConfig,
+) -> GrpoTerms {
     let a = adv.unsqueeze(-1);
     let ratio = (new_lp - old_lp).exp();
     let unclipped = &ratio * &a;
     let clipped = ratio.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * &a;
     let surrogate = unclipped.minimum(&clipped);
-    let mut per_token = -surrogate;
     let m = mask.to_kind(Kind::Float);
     let n = m.sum(Kind::Float).clamp_min(1.0);
-    let mut kl = 0.0;
-    if let (Some(r), true) = (ref_lp, cfg.beta > 0.0) {
-        let d = r - new_lp;
-        let k3 = d.exp() - &d - 1.0;
-        kl = tch::no_grad(|| ((&k3 * &m).sum(Kind::Float) / &n).double_value(&[]));
-        per_token = per_token + k3 * cfg.beta;
-    }
+    let (per_token, kl) = match (ref_lp, cfg.beta > 0.0) {
+        (Some(r), true) => {
+            let d = r - new_lp;
+            let k3 = d.exp() - &d - 1.0;
+            let kl = tch::no_grad(|| ((&k3 * &m).sum(Kind::Float) / &n).double_value(&[]));
+            (-surrogate + k3 * cfg.beta, kl)
+        }
+        _ => (-surrogate, 0.0),
+    };
     let clip_fraction = tch::no_grad(|| {
         let lo = ratio.lt(1.0 - cfg.eps_low).logical_and(&a.lt(0.0));
         let hi = ratio.gt(1.0 + cfg.eps_high).logical_and(&a.gt(0.0));
         ((lo.logical_or(&hi).to_kind(Kind::Float) * &m).sum(Kind::Float) / &n).double_value(&[])
     });
-    GrpoTerms { loss: aggregate(&per_token, mask, cfg.aggregation, cfg.dr_grpo_length), kl, clip_fraction }
+    GrpoTerms {
+        loss: aggregate(&per_token, mask, cfg.aggregation, cfg.dr_grpo_length),
+        kl,
+        clip_fraction,
+    }
 }
 
 /// Group-relative advantages for rewards laid out as groups of `g` consecutive samples.
@@ -103,7 +123,15 @@ pub fn group_advantages(rewards: &[f64], g: usize, z_score: bool) -> Vec<Option<
             let var = grp.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
             let std = var.sqrt();
             grp.iter()
-                .map(move |r| if std < 1e-9 { None } else if z_score { Some((r - mean) / (std + 1e-6)) } else { Some(r - mean) })
+                .map(move |r| {
+                    if std < 1e-9 {
+                        None
+                    } else if z_score {
+                        Some((r - mean) / (std + 1e-6))
+                    } else {
+                        Some(r - mean)
+                    }
+                })
                 .collect::<Vec<_>>()
         })
         .collect()

@@ -8,7 +8,6 @@ mod cmd_logits;
 mod cmd_tool;
 mod cmd_train;
 
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -45,6 +44,8 @@ enum Command {
     Synth(cmd_train::ConfigArgs),
     /// Supervised fine-tuning, full or LoRA (--config TOML; --resume continues a run).
     Sft(cmd_train::ConfigArgs),
+    /// GRPO reinforcement learning with the agent in the loop (--config TOML; --resume).
+    Rl(cmd_train::ConfigArgs),
     /// Export a checkpoint as an HF directory (LoRA merged).
     Export(cmd_train::ExportArgs),
     /// Benchmarks (see scripts/bench/).
@@ -61,6 +62,7 @@ fn main() {
         Command::Eval(a) => cmd_eval::run(a),
         Command::Synth(a) => cmd_train::synth_cmd(a),
         Command::Sft(a) => cmd_train::sft_cmd(a),
+        Command::Rl(a) => cmd_train::rl_cmd(a),
         Command::Export(a) => cmd_train::export_cmd(a),
         Command::Tool(a) => cmd_tool::run_tool(a),
         Command::Baseline(a) => cmd_tool::run_baseline(a),

@@ -22,7 +22,16 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { lr: 1e-4, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, warmup_steps: 5, min_lr_ratio: 0.1, max_grad_norm: 1.0 }
+        Self {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            warmup_steps: 5,
+            min_lr_ratio: 0.1,
+            max_grad_norm: 1.0,
+        }
     }
 }
 
@@ -50,7 +59,12 @@ impl AdamW {
         let zeros = |p: &Tensor| Tensor::zeros(p.size(), (Kind::Float, p.device()));
         let m = params.iter().map(|(_, p)| zeros(p)).collect();
         let v = params.iter().map(|(_, p)| zeros(p)).collect();
-        Self { params, m, v, step: 0 }
+        Self {
+            params,
+            m,
+            v,
+            step: 0,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -70,7 +84,11 @@ impl AdamW {
         for (_, p) in &self.params {
             let g = p.grad();
             if g.defined() {
-                total += g.to_kind(Kind::Float).pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
+                total += g
+                    .to_kind(Kind::Float)
+                    .pow_tensor_scalar(2)
+                    .sum(Kind::Float)
+                    .double_value(&[]);
             }
         }
         let norm = total.sqrt();
@@ -101,11 +119,13 @@ impl AdamW {
             let m = &mut self.m[k];
             let v = &mut self.v[k];
             let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-            let _ = v.g_mul_scalar_(b2).g_add_(&(g.pow_tensor_scalar(2) * (1.0 - b2)));
+            let _ = v
+                .g_mul_scalar_(b2)
+                .g_add_(&(g.pow_tensor_scalar(2) * (1.0 - b2)));
             let update = (&*m / bc1) / ((&*v / bc2).sqrt() + cfg.eps);
             let pf = p.to_kind(Kind::Float);
             let new = &pf - (update + &pf * cfg.weight_decay) * lr;
-            let _ = p.copy_(&new.to_kind(p.kind()));
+            p.copy_(&new.to_kind(p.kind()));
         }
     }
 
@@ -124,11 +144,16 @@ impl AdamW {
         let _g = tch::no_grad_guard();
         for (k, (name, _)) in self.params.iter().enumerate() {
             for (prefix, buf) in [("m", &mut self.m[k]), ("v", &mut self.v[k])] {
-                let Some(t) = state.get(&format!("{prefix}.{name}")) else { bail!("optimizer state lacks {prefix}.{name}") };
+                let Some(t) = state.get(&format!("{prefix}.{name}")) else {
+                    bail!("optimizer state lacks {prefix}.{name}")
+                };
                 buf.copy_(t);
             }
         }
-        self.step = state.get("step").map(|t| t.int64_value(&[0]) as usize).unwrap_or(0);
+        self.step = state
+            .get("step")
+            .map(|t| t.int64_value(&[0]) as usize)
+            .unwrap_or(0);
         Ok(())
     }
 }
@@ -139,7 +164,12 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
-        let cfg = OptimConfig { lr: 1.0, warmup_steps: 4, min_lr_ratio: 0.1, ..Default::default() };
+        let cfg = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 4,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
         assert!((lr_at(&cfg, 0, 20) - 0.25).abs() < 1e-12);
         assert!((lr_at(&cfg, 3, 20) - 1.0).abs() < 1e-12);
         assert!((lr_at(&cfg, 4, 20) - 1.0).abs() < 1e-12);
@@ -153,10 +183,16 @@ mod tests {
         let loss = (&p * Tensor::from_slice(&[3.0f32, -0.5])).sum(Kind::Float);
         loss.backward();
         let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())]);
-        let cfg = OptimConfig { weight_decay: 0.0, ..Default::default() };
+        let cfg = OptimConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        };
         opt.apply(&cfg, 0.1);
         let v: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
         // Bias-corrected first Adam step is lr * sign(g) (up to eps).
-        assert!((v[0] - 0.9).abs() < 1e-5 && (v[1] + 1.9).abs() < 1e-5, "{v:?}");
+        assert!(
+            (v[0] - 0.9).abs() < 1e-5 && (v[1] + 1.9).abs() < 1e-5,
+            "{v:?}"
+        );
     }
 }

@@ -11,8 +11,13 @@ pub struct RunDir {
 impl RunDir {
     pub fn create(root: &Path, resolved_config: &serde_json::Value) -> Result<Self> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        rollout::fsutil::write_atomic(&root.join("config.json"), serde_json::to_string_pretty(resolved_config)?.as_bytes())?;
-        Ok(Self { root: root.to_path_buf() })
+        rollout::fsutil::write_atomic(
+            &root.join("config.json"),
+            serde_json::to_string_pretty(resolved_config)?.as_bytes(),
+        )?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn checkpoints(&self) -> PathBuf {
@@ -32,7 +37,12 @@ impl RunDir {
         let text = std::fs::read_to_string(&p)?;
         let kept: Vec<&str> = text
             .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s as usize <= step)
+            })
             .collect();
         let mut body = kept.join("\n");
         if !body.is_empty() {
@@ -42,7 +52,10 @@ impl RunDir {
     }
 
     pub fn log(&self, line: &serde_json::Value) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.metrics_path())?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.metrics_path())?;
         writeln!(f, "{line}")?;
         f.sync_data()?;
         Ok(())

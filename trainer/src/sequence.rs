@@ -13,17 +13,32 @@ pub struct TokenSequence {
     pub mask: Vec<u8>,
 }
 
-pub fn tokenize_conversation(tok: &Tokenizer, chat: &ChatTemplate, messages: &[Message]) -> Result<TokenSequence> {
-    let first_assistant = messages.iter().position(|m| m.role == "assistant").context("conversation has no assistant turn")?;
+pub fn tokenize_conversation(
+    tok: &Tokenizer,
+    chat: &ChatTemplate,
+    messages: &[Message],
+) -> Result<TokenSequence> {
+    let first_assistant = messages
+        .iter()
+        .position(|m| m.role == "assistant")
+        .context("conversation has no assistant turn")?;
     let prompt = chat.render(&messages[..first_assistant], true, None)?;
     let mut ids = tok.encode(&prompt, false)?;
     let mut mask = vec![0u8; ids.len()];
-    let eos = tok.eos_token.as_deref().and_then(|t| tok.token_to_id(t)).or_else(|| tok.eos_ids.first().copied()).context("tokenizer has no EOS token")?;
+    let eos = tok
+        .eos_token
+        .as_deref()
+        .and_then(|t| tok.token_to_id(t))
+        .or_else(|| tok.eos_ids.first().copied())
+        .context("tokenizer has no EOS token")?;
     let mut k = first_assistant;
     while k < messages.len() {
         let m = &messages[k];
         if m.role != "assistant" {
-            bail!("message {k}: expected an assistant turn, found `{}`", m.role);
+            bail!(
+                "message {k}: expected an assistant turn, found `{}`",
+                m.role
+            );
         }
         let turn = tok.encode(&m.content, false)?;
         mask.extend(std::iter::repeat_n(1, turn.len()));
@@ -36,7 +51,11 @@ pub fn tokenize_conversation(tok: &Tokenizer, chat: &ChatTemplate, messages: &[M
                 ids.extend(forced);
                 k += 2;
             }
-            Some(next) => bail!("message {}: expected a tool message after an assistant turn, found `{}`", k + 1, next.role),
+            Some(next) => bail!(
+                "message {}: expected a tool message after an assistant turn, found `{}`",
+                k + 1,
+                next.role
+            ),
             None => {
                 ids.push(eos);
                 mask.push(1);

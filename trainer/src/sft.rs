@@ -81,18 +81,33 @@ fn default_keep() -> usize {
 
 /// The trainable parameters, by name (adapters only under LoRA).
 pub fn trainable(model: &Model) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut v: Vec<(String, Tensor)> = model
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
 pub fn load_examples(cfg: &SftConfig, policy: &Policy) -> Result<Vec<TokenSequence>> {
-    let text = std::fs::read_to_string(&cfg.train_file).with_context(|| format!("reading {}", cfg.train_file.display()))?;
+    let text = std::fs::read_to_string(&cfg.train_file)
+        .with_context(|| format!("reading {}", cfg.train_file.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", cfg.train_file.display(), i + 1))?;
-        let messages: Vec<Message> = serde_json::from_value(v["messages"].clone()).with_context(|| format!("{}:{}: no `messages` list", cfg.train_file.display(), i + 1))?;
-        let mut seq = tokenize_conversation(&policy.tokenizer, &policy.chat, &messages).with_context(|| format!("{}:{}", cfg.train_file.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", cfg.train_file.display(), i + 1))?;
+        let messages: Vec<Message> =
+            serde_json::from_value(v["messages"].clone()).with_context(|| {
+                format!("{}:{}: no `messages` list", cfg.train_file.display(), i + 1)
+            })?;
+        let mut seq = tokenize_conversation(&policy.tokenizer, &policy.chat, &messages)
+            .with_context(|| format!("{}:{}", cfg.train_file.display(), i + 1))?;
         seq.ids.truncate(cfg.max_len);
         seq.mask.truncate(cfg.max_len);
         out.push(seq);
@@ -111,7 +126,9 @@ pub fn batch_indices(n: usize, seed: u64, step: usize, batch: usize) -> Vec<usiz
             let pos = step * batch + j;
             let (epoch, k) = (pos / n, pos % n);
             let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64)));
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64),
+            ));
             order[k]
         })
         .collect()
@@ -127,7 +144,10 @@ pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
         mask[b * t..b * t + s.mask.len()].copy_from_slice(&s.mask);
     }
     let shape = [seqs.len() as i64, t as i64];
-    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
 }
 
 pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
@@ -147,19 +167,32 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
             Some(ck) => {
                 checkpoint::load_weights(&policy.model, &ck)?;
                 checkpoint::load_optimizer(&mut opt, &ck)?;
-                start = checkpoint::read_state(&ck)?["step"].as_u64().context("checkpoint state has no step")? as usize;
+                start = checkpoint::read_state(&ck)?["step"]
+                    .as_u64()
+                    .context("checkpoint state has no step")? as usize;
                 run.truncate_metrics(start)?;
                 eprintln!("resumed from {} at step {start}", ck.display());
             }
-            None => eprintln!("no checkpoint in {}; starting fresh", run.checkpoints().display()),
+            None => eprintln!(
+                "no checkpoint in {}; starting fresh",
+                run.checkpoints().display()
+            ),
         }
     } else {
         let _ = std::fs::remove_file(run.metrics_path());
     }
     let trainable_count: i64 = opt.params.iter().map(|(_, p)| p.numel() as i64).sum();
-    eprintln!("SFT: {} examples, {} trainable parameters{}", examples.len(), trainable_count, if cfg.lora.is_some() { " (LoRA)" } else { "" });
+    eprintln!(
+        "SFT: {} examples, {} trainable parameters{}",
+        examples.len(),
+        trainable_count,
+        if cfg.lora.is_some() { " (LoRA)" } else { "" }
+    );
     let bar = ProgressBar::new(cfg.steps as u64);
-    bar.set_style(ProgressStyle::with_template("sft {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}").map_err(|e| anyhow::anyhow!("{e}"))?);
+    bar.set_style(
+        ProgressStyle::with_template("sft {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     bar.set_position(start as u64);
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in start..end {
@@ -167,7 +200,10 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         let idx = batch_indices(examples.len(), cfg.seed, step, cfg.batch_size);
         let batch: Vec<&TokenSequence> = idx.iter().map(|&i| &examples[i]).collect();
         // Normalize by the batch's loss tokens so accumulation equals one big batch.
-        let tokens: usize = batch.iter().map(|s| s.mask[1..].iter().filter(|&&m| m == 1).count()).sum();
+        let tokens: usize = batch
+            .iter()
+            .map(|s| s.mask[1..].iter().filter(|&&m| m == 1).count())
+            .sum();
         let mut loss_sum = 0.0;
         for micro in batch.chunks(cfg.micro_batch.max(1)) {
             let (ids, mask) = pad(micro, device);
@@ -188,7 +224,14 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         let done = step + 1;
         if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
             let state = serde_json::json!({"step": done, "kind": "sft", "base_model": cfg.model, "lora": cfg.lora, "dtype": cfg.dtype, "seed": cfg.seed});
-            checkpoint::save(&run.checkpoints(), done, &policy.model, &opt, &state, cfg.keep_checkpoints)?;
+            checkpoint::save(
+                &run.checkpoints(),
+                done,
+                &policy.model,
+                &opt,
+                &state,
+                cfg.keep_checkpoints,
+            )?;
         }
     }
     bar.finish();

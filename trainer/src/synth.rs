@@ -22,7 +22,9 @@ fn z(v: &[f64]) -> Vec<f64> {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    v.iter().map(|x| if sd < 1e-12 { 0.0 } else { (x - mean) / sd }).collect()
+    v.iter()
+        .map(|x| if sd < 1e-12 { 0.0 } else { (x - mean) / sd })
+        .collect()
 }
 
 /// The evidence behind each tool, per candidate, as the scripted teacher reads it.
@@ -33,11 +35,25 @@ struct Evidence {
 }
 
 fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
-    let neighbors: Vec<u32> = w.models.userknn.neighbors.of(ep.user).take(10).map(|(v, _)| v).collect();
+    let neighbors: Vec<u32> = w
+        .models
+        .userknn
+        .neighbors
+        .of(ep.user)
+        .take(10)
+        .map(|(v, _)| v)
+        .collect();
     let similar = ep
         .candidates
         .iter()
-        .map(|&c| neighbors.iter().flat_map(|&v| w.train_sequences[v as usize].iter()).filter(|e| e.item == c).map(|e| e.rating as f64 / 5.0).sum())
+        .map(|&c| {
+            neighbors
+                .iter()
+                .flat_map(|&v| w.train_sequences[v as usize].iter())
+                .filter(|e| e.item == c)
+                .map(|e| e.rating as f64 / 5.0)
+                .sum()
+        })
         .collect();
     let mut taste: HashMap<&str, f64> = HashMap::new();
     for e in ep.history {
@@ -46,10 +62,29 @@ fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
         }
     }
     let total: f64 = taste.values().sum::<f64>().max(1.0);
-    let genre = ep.candidates.iter().map(|&c| w.data.items[c as usize].meta.categories.iter().map(|g| taste.get(g.as_str()).copied().unwrap_or(0.0) / total).sum()).collect();
+    let genre = ep
+        .candidates
+        .iter()
+        .map(|&c| {
+            w.data.items[c as usize]
+                .meta
+                .categories
+                .iter()
+                .map(|g| taste.get(g.as_str()).copied().unwrap_or(0.0) / total)
+                .sum()
+        })
+        .collect();
     let recent: Vec<u32> = ep.history.iter().rev().take(50).map(|e| e.item).collect();
-    let co_liked = ep.candidates.iter().map(|&c| recent.iter().map(|&h| w.models.cooc.sim(h, c) as f64).sum()).collect();
-    Evidence { similar, genre, co_liked }
+    let co_liked = ep
+        .candidates
+        .iter()
+        .map(|&c| recent.iter().map(|&h| w.models.cooc.sim(h, c) as f64).sum())
+        .collect();
+    Evidence {
+        similar,
+        genre,
+        co_liked,
+    }
 }
 
 fn call_text(name: &str, args: serde_json::Value) -> String {
@@ -58,14 +93,33 @@ fn call_text(name: &str, args: serde_json::Value) -> String {
 
 /// The scripted teacher: three plans of increasing length, each ranking by a fusion of the
 /// evidence its calls gathered.
-pub fn scripted(w: &World, reg: &Registry, ep: &Episode, history_len: usize, max_turns: usize) -> Vec<Candidate> {
+pub fn scripted(
+    w: &World,
+    reg: &Registry,
+    ep: &Episode,
+    history_len: usize,
+    max_turns: usize,
+) -> Vec<Candidate> {
     let view = EpisodeView::new(w, ep);
     let ev = evidence(w, &view);
     let n = ep.candidates.len();
     let (zs, zg, zc) = (z(&ev.similar), z(&ev.genre), z(&ev.co_liked));
-    let head = vec![Message::system(system_prompt(Some(reg), max_turns)), Message::user(user_prompt(w, &view, history_len))];
-    let last: Vec<String> = view.history.iter().rev().take(3).map(|e| w.title(e.item)).collect();
-    let plans: [&[&str]; 3] = [&["similar_users"], &["user_profile", "similar_users"], &["user_profile", "similar_users", "item_relations"]];
+    let head = vec![
+        Message::system(system_prompt(Some(reg), max_turns)),
+        Message::user(user_prompt(w, &view, history_len)),
+    ];
+    let last: Vec<String> = view
+        .history
+        .iter()
+        .rev()
+        .take(3)
+        .map(|e| w.title(e.item))
+        .collect();
+    let plans: [&[&str]; 3] = [
+        &["similar_users"],
+        &["user_profile", "similar_users"],
+        &["user_profile", "similar_users", "item_relations"],
+    ];
     let mut out = Vec::new();
     for plan in plans {
         let mut messages = head.clone();
@@ -91,11 +145,17 @@ pub fn scripted(w: &World, reg: &Registry, ep: &Episode, history_len: usize, max
                     (format!("Candidate {} leads so far; I check how it relates to what the user liked before.", top + 1), json!({"candidate": top + 1, "relation": "co_liked"}))
                 }
             };
-            let text = format!("<think>{think}</think>\n<tool_call>{}</tool_call>", call_text(tool, args.clone()));
+            let text = format!(
+                "<think>{think}</think>\n<tool_call>{}</tool_call>",
+                call_text(tool, args.clone())
+            );
             let obs = reg.call_text(w, &view, &call_text(tool, args));
             bad += usize::from(!obs.ok);
             messages.push(Message::assistant(text));
-            messages.push(Message::tool(format!("<tool_response>\n{}\n</tool_response>", obs.text)));
+            messages.push(Message::tool(format!(
+                "<tool_response>\n{}\n</tool_response>",
+                obs.text
+            )));
             match *tool {
                 "similar_users" => {
                     scores.iter_mut().zip(&zs).for_each(|(s, x)| *s += 1.0 * x);
@@ -107,20 +167,35 @@ pub fn scripted(w: &World, reg: &Registry, ep: &Episode, history_len: usize, max
                 }
                 _ => {
                     scores.iter_mut().zip(&zc).for_each(|(s, x)| *s += 0.7 * x);
-                    reasons.push("how often each candidate is liked together with the user's recent items".into());
+                    reasons.push(
+                        "how often each candidate is liked together with the user's recent items"
+                            .into(),
+                    );
                 }
             }
         }
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        let best: Vec<String> = order.iter().take(3).map(|&i| format!("{} ({})", i + 1, w.title(ep.candidates[i]))).collect();
-        let answer = order.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(", ");
+        let best: Vec<String> = order
+            .iter()
+            .take(3)
+            .map(|&i| format!("{} ({})", i + 1, w.title(ep.candidates[i])))
+            .collect();
+        let answer = order
+            .iter()
+            .map(|i| (i + 1).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         messages.push(Message::assistant(format!(
             "<think>Combining {}: the strongest candidates are {}. I rank the rest by the same evidence.</think>\n<answer>{answer}</answer>",
             reasons.join(", "),
             best.join(", ")
         )));
-        out.push(Candidate { messages, tool_calls: plan.len(), bad_calls: bad });
+        out.push(Candidate {
+            messages,
+            tool_calls: plan.len(),
+            bad_calls: bad,
+        });
     }
     out
 }
@@ -135,8 +210,15 @@ pub fn conversation_ndcg(messages: &[Message], ep: &Episode) -> Option<f64> {
 /// Rejection filter: the best candidate by NDCG@10 (fewer tool calls, then fewer bad calls
 /// among equals), if it is valid and reaches `min_ndcg`.
 pub fn select(cands: Vec<Candidate>, ep: &Episode, min_ndcg: f64) -> Option<(Candidate, f64)> {
-    let mut scored: Vec<(Candidate, f64)> = cands.into_iter().filter_map(|c| conversation_ndcg(&c.messages, ep).map(|s| (c, s))).collect();
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.tool_calls.cmp(&b.0.tool_calls)).then(a.0.bad_calls.cmp(&b.0.bad_calls)));
+    let mut scored: Vec<(Candidate, f64)> = cands
+        .into_iter()
+        .filter_map(|c| conversation_ndcg(&c.messages, ep).map(|s| (c, s)))
+        .collect();
+    scored.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then(a.0.tool_calls.cmp(&b.0.tool_calls))
+            .then(a.0.bad_calls.cmp(&b.0.bad_calls))
+    });
     scored.into_iter().next().filter(|(_, s)| *s >= min_ndcg)
 }
 

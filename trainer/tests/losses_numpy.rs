@@ -43,25 +43,57 @@ fn losses_match_numpy() {
     let old = &new + Tensor::randn([b, t], (Kind::Double, tch::Device::Cpu)) * 0.3;
     let reference = &new + Tensor::randn([b, t], (Kind::Double, tch::Device::Cpu)) * 0.2;
     let adv = Tensor::from_slice(&[1.5f64, -0.7, 0.2, -1.1]);
-    let mask = Tensor::from_slice(&[1u8, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0]).view([b, t]);
+    let mask = Tensor::from_slice(&[
+        1u8, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 0, 1, 1, 1, 1, 0, 0,
+    ])
+    .view([b, t]);
     let rewards = [1.0, 0.5, 0.5, 0.2, 0.3, 0.3, 0.3, 0.3, -1.0, 0.9, 0.1, 0.4];
-    let list = |x: &Tensor| -> Vec<Vec<f64>> { Vec::<Vec<f64>>::try_from(&x.to_kind(Kind::Double)).unwrap() };
+    let list = |x: &Tensor| -> Vec<Vec<f64>> {
+        Vec::<Vec<f64>>::try_from(&x.to_kind(Kind::Double)).unwrap()
+    };
     let input = serde_json::json!({"new": list(&new), "old": list(&old), "ref": list(&reference), "adv": Vec::<f64>::try_from(&adv).unwrap(),
         "mask": list(&mask), "eps_low": 0.2, "eps_high": 0.28, "dr_len": 16.0, "rewards": rewards, "g": 4});
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut child = Command::new(root.join(".venv/bin/python")).args(["-c", NUMPY]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let mut child = Command::new(root.join(".venv/bin/python"))
+        .args(["-c", NUMPY])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for (agg, name) in [(Aggregation::TokenMean, "token_mean"), (Aggregation::SequenceMean, "sequence_mean"), (Aggregation::DrGrpo, "dr_grpo")] {
+    for (agg, name) in [
+        (Aggregation::TokenMean, "token_mean"),
+        (Aggregation::SequenceMean, "sequence_mean"),
+        (Aggregation::DrGrpo, "dr_grpo"),
+    ] {
         for beta in [0.0, 0.05] {
-            let cfg = GrpoLossConfig { eps_low: 0.2, eps_high: 0.28, beta, aggregation: agg, dr_grpo_length: 16.0 };
-            let ours = grpo_loss(&new, &old, Some(&reference), &adv, &mask, &cfg).loss.double_value(&[]);
+            let cfg = GrpoLossConfig {
+                eps_low: 0.2,
+                eps_high: 0.28,
+                beta,
+                aggregation: agg,
+                dr_grpo_length: 16.0,
+            };
+            let ours = grpo_loss(&new, &old, Some(&reference), &adv, &mask, &cfg)
+                .loss
+                .double_value(&[]);
             let theirs = want[format!("{name}/{beta:?}")].as_f64().unwrap();
             // The losses reduce in f32, as training does.
-            assert!((ours - theirs).abs() < 1e-6, "{name} beta {beta}: ours {ours} numpy {theirs}");
+            assert!(
+                (ours - theirs).abs() < 1e-6,
+                "{name} beta {beta}: ours {ours} numpy {theirs}"
+            );
         }
     }
     let m = mask.to_kind(Kind::Double);

@@ -48,8 +48,16 @@ fn config_steps(dir: &Path, name: &str, lora: bool, save_every: usize, steps: us
 }
 
 fn sft(cfg: &Path, extra: &[&str]) {
-    let out = bin().args(["sft", "--config", cfg.to_str().unwrap()]).args(extra).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["sft", "--config", cfg.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
@@ -59,11 +67,15 @@ fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
 }
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| {
-        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-        v.as_object_mut().unwrap().remove("seconds");
-        v
-    }).collect()
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
 }
 
 #[test]
@@ -77,16 +89,25 @@ fn resumed_run_reproduces_the_uninterrupted_run_exactly() {
         let (ra, rb) = (dir.join("a"), dir.join("b"));
         let m = metrics(&ra);
         assert_eq!(m.len(), 6);
-        assert!(m[5]["loss"].as_f64().unwrap() < m[0]["loss"].as_f64().unwrap(), "loss falls: {m:?}");
+        assert!(
+            m[5]["loss"].as_f64().unwrap() < m[0]["loss"].as_f64().unwrap(),
+            "loss falls: {m:?}"
+        );
         assert_eq!(m, metrics(&rb), "metrics after resume");
-        let (wa, wb) = (weights(&ra.join("checkpoints/step-000006")), weights(&rb.join("checkpoints/step-000006")));
+        let (wa, wb) = (
+            weights(&ra.join("checkpoints/step-000006")),
+            weights(&rb.join("checkpoints/step-000006")),
+        );
         assert_eq!(wa.len(), wb.len());
         for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
             assert_eq!(na, nb);
             assert!(ta.equal(tb), "{na} differs after resume");
         }
         if lora {
-            assert!(wa.iter().all(|(n, _)| n.contains("lora_")), "LoRA checkpoints hold adapters only");
+            assert!(
+                wa.iter().all(|(n, _)| n.contains("lora_")),
+                "LoRA checkpoints hold adapters only"
+            );
         }
     }
 }
@@ -99,22 +120,36 @@ fn kill_during_checkpointing_leaves_a_loadable_checkpoint() {
     let run = dir.join("k");
     let mut seen = std::collections::HashSet::new();
     for delay_ms in [700u64, 1300, 1900, 2600, 3400] {
-        let mut child = bin().args(["sft", "--config", cfg.to_str().unwrap(), "--resume"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = bin()
+            .args(["sft", "--config", cfg.to_str().unwrap(), "--resume"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         if let Ok(name) = std::fs::read_to_string(run.join("checkpoints/latest")) {
             let ck = run.join("checkpoints").join(name.trim());
-            let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).unwrap()).unwrap();
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).unwrap())
+                    .unwrap();
             assert!(state["step"].as_u64().unwrap() >= 1);
             assert!(!weights(&ck).is_empty());
             assert!(Tensor::read_safetensors(ck.join("optimizer.safetensors")).is_ok());
             seen.insert(name);
         }
     }
-    assert!(seen.len() >= 2, "the kills should land at different points: {seen:?}");
+    assert!(
+        seen.len() >= 2,
+        "the kills should land at different points: {seen:?}"
+    );
     sft(&cfg, &["--resume"]);
-    assert_eq!(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim(), "step-000060");
+    assert_eq!(
+        std::fs::read_to_string(run.join("checkpoints/latest"))
+            .unwrap()
+            .trim(),
+        "step-000060"
+    );
 }
 
 #[test]
@@ -124,23 +159,52 @@ fn exported_models_match_transformers() {
         let cfg = config(&dir, "e", lora, 3);
         sft(&cfg, &[]);
         let out = dir.join("hf");
-        let o = bin().args(["export", "--checkpoint", dir.join("e").to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+        let o = bin()
+            .args([
+                "export",
+                "--checkpoint",
+                dir.join("e").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "generation_config.json",
+        ] {
             assert!(out.join(f).exists(), "{f} missing");
         }
         let prompt = "User 1. Candidates: 1. Heat 2. Fargo";
         let theirs_path = dir.join("theirs.safetensors");
-        hf_ref(&["logits", out.to_str().unwrap(), prompt, theirs_path.to_str().unwrap()]);
-        let theirs = Tensor::read_safetensors(&theirs_path).unwrap().into_iter().find(|(n, _)| n == "logits").unwrap().1;
+        hf_ref(&[
+            "logits",
+            out.to_str().unwrap(),
+            prompt,
+            theirs_path.to_str().unwrap(),
+        ]);
+        let theirs = Tensor::read_safetensors(&theirs_path)
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == "logits")
+            .unwrap()
+            .1;
         let policy = rollout::Policy::load(&out, Device::Cpu, Kind::Float).unwrap();
         let ids = policy.tokenizer.encode(prompt, true).unwrap();
-        let ours = tch::no_grad(|| policy.model.forward(&Tensor::from_slice(&ids).unsqueeze(0))).squeeze_dim(0);
+        let ours = tch::no_grad(|| policy.model.forward(&Tensor::from_slice(&ids).unsqueeze(0)))
+            .squeeze_dim(0);
         let diff = max_abs_diff(&ours, &theirs);
-        assert!(diff <= 1e-4, "exported logits differ from transformers by {diff}");
+        assert!(
+            diff <= 1e-4,
+            "exported logits differ from transformers by {diff}"
+        );
         // And training changed the model.
         let base = rollout::Policy::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap();
-        let before = tch::no_grad(|| base.model.forward(&Tensor::from_slice(&ids).unsqueeze(0))).squeeze_dim(0);
+        let before = tch::no_grad(|| base.model.forward(&Tensor::from_slice(&ids).unsqueeze(0)))
+            .squeeze_dim(0);
         assert!(max_abs_diff(&ours, &before) > 1e-3);
     }
 }
@@ -151,7 +215,11 @@ fn masked_head_logprobs_equal_the_full_softmax() {
     let ids = Tensor::from_slice(&[5i64, 80, 900, 33, 7, 1000, 4, 4, 61, 2, 0, 0]).view([2, 6]);
     let mask = Tensor::from_slice(&[0u8, 0, 1, 1, 0, 1, 0, 1, 1, 1, 0, 0]).view([2, 6]);
     let lp = trainer::logprobs::token_logprobs(&policy.model, &ids, &mask);
-    let full = tch::no_grad(|| policy.model.forward(&ids)).narrow(1, 0, 5).log_softmax(-1, Kind::Float).gather(2, &ids.narrow(1, 1, 5).unsqueeze(-1), false).squeeze_dim(-1);
+    let full = tch::no_grad(|| policy.model.forward(&ids))
+        .narrow(1, 0, 5)
+        .log_softmax(-1, Kind::Float)
+        .gather(2, &ids.narrow(1, 1, 5).unsqueeze(-1), false)
+        .squeeze_dim(-1);
     let m = mask.narrow(1, 1, 5).to_kind(Kind::Float);
     assert!(max_abs_diff(&(lp.dense.detach() * &m), &(full * &m)) < 1e-5);
 }

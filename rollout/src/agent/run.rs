@@ -53,7 +53,11 @@ pub const STOPS: [&str; 2] = ["</tool_call>", "</answer>"];
 /// The text that follows an assistant turn when a tool message is appended, as the chat
 /// template renders it (end of turn, tool message, next assistant header). Only this new
 /// text is tokenized; the generated turn never is.
-pub fn tool_suffix(chat: &ChatTemplate, messages: &[Message], tool_content: &str) -> Result<String> {
+pub fn tool_suffix(
+    chat: &ChatTemplate,
+    messages: &[Message],
+    tool_content: &str,
+) -> Result<String> {
     let before = chat.render(messages, false, None)?;
     let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
     let end = before

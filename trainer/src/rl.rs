@@ -1,0 +1,317 @@
+//! GRPO: each step rolls out B episodes x G samples with the current policy, scores them,
+//! computes group-relative advantages (dropping groups with no reward variance), and
+//! optimizes the clipped surrogate (with an optional k3 KL to a frozen reference) over `mu`
+//! inner epochs in micro-batches.
+
+use crate::checkpoint;
+use crate::logprobs::token_logprobs;
+use crate::losses::{group_advantages, grpo_loss, Aggregation, GrpoLossConfig};
+use crate::optim::{lr_at, AdamW, OptimConfig};
+use crate::run_dir::RunDir;
+use crate::sequence::TokenSequence;
+use crate::sft::{pad, trainable};
+use crate::trajectory::score;
+use anyhow::{bail, Context, Result};
+use datasets::{Episode, Split};
+use indicatif::{ProgressBar, ProgressStyle};
+use reward::RewardConfig;
+use rollout::agent::{run_agent, AgentConfig};
+use rollout::device::{parse_device, parse_dtype};
+use rollout::engine::Engine;
+use rollout::lora::LoraConfig;
+use rollout::Policy;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlConfig {
+    pub run_dir: PathBuf,
+    /// The policy to start from (HF directory, e.g. an exported SFT model).
+    pub model: PathBuf,
+    /// Prepared HDF5 file; training episodes come from its train split.
+    pub data: PathBuf,
+    #[serde(default = "cpu")]
+    pub device: String,
+    #[serde(default = "f32")]
+    pub dtype: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub steps: usize,
+    /// B: episodes per step.
+    #[serde(default = "four")]
+    pub episodes_per_step: usize,
+    /// G: samples per episode (the group).
+    #[serde(default = "four")]
+    pub group_size: usize,
+    /// Inner epochs over each batch of rollouts (optimizer steps per GRPO step).
+    #[serde(default = "one")]
+    pub mu: usize,
+    #[serde(default = "two")]
+    pub micro_batch: usize,
+    /// z_score, or mean_only (Dr. GRPO).
+    #[serde(default = "z_score")]
+    pub advantage: String,
+    #[serde(default = "ten")]
+    pub save_every: usize,
+    #[serde(default = "three")]
+    pub keep_checkpoints: usize,
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    #[serde(default)]
+    pub loss: GrpoLossConfig,
+    #[serde(default = "rl_agent")]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub reward: RewardConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+fn f32() -> String {
+    "f32".into()
+}
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn ten() -> usize {
+    10
+}
+fn z_score() -> String {
+    "z_score".into()
+}
+fn rl_agent() -> AgentConfig {
+    AgentConfig {
+        temperature: 1.0,
+        ..Default::default()
+    }
+}
+
+/// The training episodes of step `step` (seeded epochs over the train split).
+fn step_episodes(all: &[Episode], seed: u64, step: usize, b: usize) -> Vec<&Episode> {
+    crate::sft::batch_indices(all.len(), seed ^ 0x9E37, step, b)
+        .into_iter()
+        .map(|i| &all[i])
+        .collect()
+}
+
+pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
+    let z = match cfg.advantage.as_str() {
+        "z_score" => true,
+        "mean_only" => false,
+        o => bail!("advantage `{o}`: expected z_score or mean_only"),
+    };
+    if cfg.group_size < 2 {
+        bail!("group_size must be at least 2 (advantages are relative within a group)");
+    }
+    let device = parse_device(&cfg.device)?;
+    let kind = parse_dtype(&cfg.dtype)?;
+    tch::manual_seed(cfg.seed as i64);
+    let world = tools::world::load(&cfg.data)?;
+    let registry = tools::suite::standard(cfg.agent.tool_max_chars);
+    let mut policy = Policy::load(&cfg.model, device, kind)?;
+    if let Some(l) = &cfg.lora {
+        policy.model.add_lora(l)?;
+    }
+    let reference = if cfg.loss.beta > 0.0 {
+        Some(Policy::load(&cfg.model, device, kind)?)
+    } else {
+        None
+    };
+    let run = RunDir::create(&cfg.run_dir, &serde_json::to_value(cfg)?)?;
+    let mut opt = AdamW::new(trainable(&policy.model));
+    let mut start = 0;
+    if resume {
+        if let Some(ck) = checkpoint::latest(&run.checkpoints())? {
+            checkpoint::load_weights(&policy.model, &ck)?;
+            checkpoint::load_optimizer(&mut opt, &ck)?;
+            start = checkpoint::read_state(&ck)?["step"]
+                .as_u64()
+                .context("checkpoint state has no step")? as usize;
+            run.truncate_metrics(start)?;
+            eprintln!("resumed from {} at step {start}", ck.display());
+        }
+    } else {
+        let _ = std::fs::remove_file(run.metrics_path());
+    }
+    let train = world.data.episodes(Split::Train);
+    if train.is_empty() {
+        bail!("{}: no training episodes", cfg.data.display());
+    }
+    let total_opt_steps = cfg.steps * cfg.mu;
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("grpo {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    bar.set_position(start as u64);
+    let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    for step in start..end {
+        // 1. Rollouts with the current policy.
+        let t_roll = Instant::now();
+        let eps = step_episodes(train, cfg.seed, step, cfg.episodes_per_step);
+        let rows = {
+            let mut engine = Engine::new(&policy.model, &policy.tokenizer);
+            engine.max_context = cfg.agent.max_context;
+            run_agent(
+                &mut engine,
+                &policy.tokenizer,
+                &policy.chat,
+                &world,
+                &registry,
+                &eps,
+                cfg.group_size,
+                &cfg.agent,
+                cfg.seed
+                    .wrapping_mul(7919)
+                    .wrapping_add((step * 1_000_003) as u64),
+            )?
+        };
+        let rollout_seconds = t_roll.elapsed().as_secs_f64();
+        // 2. Rewards and group advantages.
+        let scored: Vec<_> = rows
+            .iter()
+            .map(|r| score(r, eps[r.episode], &cfg.reward))
+            .collect();
+        let rewards: Vec<f64> = scored.iter().map(|s| s.reward.total).collect();
+        let adv = group_advantages(&rewards, cfg.group_size, z);
+        let n = rewards.len() as f64;
+        let mean =
+            |f: &dyn Fn(&crate::trajectory::Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
+        let reward_mean = rewards.iter().sum::<f64>() / n;
+        let reward_std = (rewards
+            .iter()
+            .map(|r| (r - reward_mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let mut line = serde_json::json!({
+            "step": step + 1,
+            "reward_mean": reward_mean, "reward_std": reward_std,
+            "reward_acc": mean(&|s| s.reward.acc), "reward_fmt": mean(&|s| s.reward.fmt),
+            "reward_eff": mean(&|s| s.reward.eff), "reward_bad_penalty": mean(&|s| s.reward.bad_penalty),
+            "ndcg@10": mean(&|s| s.reward.acc), "valid_rate": mean(&|s| s.valid as u8 as f64),
+            "tool_calls": mean(&|s| s.row.calls.len() as f64),
+            "generated_tokens": rows.iter().map(|r| r.generated_tokens).sum::<usize>(),
+            "rollout_seconds": rollout_seconds,
+        });
+        // 3. The batch: sequences of groups with signal.
+        let batch: Vec<(TokenSequence, f64)> = rows
+            .iter()
+            .zip(&adv)
+            .filter_map(|(r, a)| {
+                a.map(|a| {
+                    (
+                        TokenSequence {
+                            ids: r.ids.clone(),
+                            mask: r.mask.clone(),
+                        },
+                        a,
+                    )
+                })
+            })
+            .filter(|(s, _)| s.mask.contains(&1))
+            .collect();
+        line["groups_kept"] = serde_json::json!(batch.len() / cfg.group_size.max(1));
+        let t_train = Instant::now();
+        let (mut kl, mut clip, mut entropy, mut loss_sum, mut lr) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        if !batch.is_empty() {
+            let micro: Vec<&[(TokenSequence, f64)]> =
+                batch.chunks(cfg.micro_batch.max(1)).collect();
+            let total_tokens: usize = batch
+                .iter()
+                .map(|(s, _)| s.mask[1..].iter().filter(|&&m| m == 1).count())
+                .sum();
+            // Old (and reference) log-probs, fixed for the inner epochs.
+            let mut fixed = Vec::new();
+            for mb in &micro {
+                let seqs: Vec<&TokenSequence> = mb.iter().map(|(s, _)| s).collect();
+                let (ids, mask) = pad(&seqs, device);
+                let old = tch::no_grad(|| token_logprobs(&policy.model, &ids, &mask).dense);
+                let reference_lp = reference
+                    .as_ref()
+                    .map(|r| tch::no_grad(|| token_logprobs(&r.model, &ids, &mask).dense));
+                fixed.push((ids, mask, old, reference_lp));
+            }
+            for inner in 0..cfg.mu {
+                for (mb, (ids, mask, old, reference_lp)) in micro.iter().zip(&fixed) {
+                    let adv_t =
+                        Tensor::from_slice(&mb.iter().map(|(_, a)| *a as f32).collect::<Vec<_>>())
+                            .to_device(device);
+                    let lp = token_logprobs(&policy.model, ids, mask);
+                    let t = mask.size()[1];
+                    let tmask = mask.narrow(1, 1, t - 1);
+                    let terms = grpo_loss(
+                        &lp.dense,
+                        old,
+                        reference_lp.as_ref(),
+                        &adv_t,
+                        &tmask,
+                        &cfg.loss,
+                    );
+                    // Weight each micro-batch so the sum equals the aggregation over the batch.
+                    let micro_tokens = tmask
+                        .to_kind(Kind::Float)
+                        .sum(Kind::Float)
+                        .double_value(&[]);
+                    let weight = match cfg.loss.aggregation {
+                        Aggregation::TokenMean => micro_tokens / total_tokens.max(1) as f64,
+                        _ => mb.len() as f64 / batch.len() as f64,
+                    };
+                    let loss = terms.loss * weight;
+                    loss.backward();
+                    loss_sum += loss.double_value(&[]);
+                    kl += terms.kl * weight;
+                    clip += terms.clip_fraction * weight;
+                    entropy += lp.entropy * weight;
+                }
+                opt.clip_grad_norm(cfg.optim.max_grad_norm);
+                lr = lr_at(&cfg.optim, step * cfg.mu + inner, total_opt_steps);
+                opt.apply(&cfg.optim, lr);
+                opt.zero_grad();
+            }
+            let m = cfg.mu as f64;
+            (kl, clip, entropy, loss_sum) = (kl / m, clip / m, entropy / m, loss_sum / m);
+        }
+        line["loss"] = serde_json::json!(loss_sum);
+        line["kl"] = serde_json::json!(kl);
+        line["clip_fraction"] = serde_json::json!(clip);
+        line["entropy"] = serde_json::json!(entropy);
+        line["lr"] = serde_json::json!(lr);
+        line["train_seconds"] = serde_json::json!(t_train.elapsed().as_secs_f64());
+        run.log(&line)?;
+        bar.set_message(format!(
+            "reward {reward_mean:.3} valid {:.2}",
+            line["valid_rate"].as_f64().unwrap_or(0.0)
+        ));
+        bar.inc(1);
+        let done = step + 1;
+        if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
+            let state = serde_json::json!({"step": done, "kind": "grpo", "base_model": cfg.model, "lora": cfg.lora, "dtype": cfg.dtype, "seed": cfg.seed});
+            checkpoint::save(
+                &run.checkpoints(),
+                done,
+                &policy.model,
+                &opt,
+                &state,
+                cfg.keep_checkpoints,
+            )?;
+        }
+    }
+    bar.finish();
+    Ok(())
+}
