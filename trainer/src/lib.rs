@@ -7,6 +7,7 @@ pub mod export;
 pub mod logprobs;
 pub mod losses;
 pub mod optim;
+pub mod plot;
 pub mod rl;
 pub mod run_dir;
 pub mod sequence;

@@ -48,6 +48,11 @@ enum Command {
     Rl(cmd_train::ConfigArgs),
     /// Export a checkpoint as an HF directory (LoRA merged).
     Export(cmd_train::ExportArgs),
+    /// Redraw a run's PNG plots (run_dir/plots/) from its metrics.jsonl.
+    Plot {
+        /// The run directory.
+        run_dir: std::path::PathBuf,
+    },
     /// Benchmarks (see scripts/bench/).
     Bench(cmd_bench::Args),
 }
@@ -58,6 +63,8 @@ fn main() {
         Command::Generate(a) => cmd_generate::run(a),
         Command::Logits(a) => cmd_logits::run(a),
         Command::Bench(a) => cmd_bench::run(a),
+        Command::Plot { run_dir } => trainer::plot::plot_metrics(&run_dir)
+            .map(|n| println!("wrote {n} plots to {}", run_dir.join("plots").display())),
         Command::Data(a) => cmd_data::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Synth(a) => cmd_train::synth_cmd(a),

@@ -310,6 +310,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
                 &state,
                 cfg.keep_checkpoints,
             )?;
+            crate::plot::plot_metrics(&run.root)?;
         }
     }
     bar.finish();

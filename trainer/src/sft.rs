@@ -232,6 +232,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
                 &state,
                 cfg.keep_checkpoints,
             )?;
+            crate::plot::plot_metrics(&run.root)?;
         }
     }
     bar.finish();

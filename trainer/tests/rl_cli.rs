@@ -8,15 +8,31 @@ use std::process::Command;
 use support::*;
 
 fn ok(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recthinker")).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_recthinker"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn rl_runs_logs_checkpoints_and_resumes() {
     let dir = scratch("rl");
     let data = dir.join("ml.h5");
-    ok(&["data", "prepare", "--out", data.to_str().unwrap(), "--sasrec-epochs", "1", "--bpr-epochs", "1"]);
+    ok(&[
+        "data",
+        "prepare",
+        "--out",
+        data.to_str().unwrap(),
+        "--sasrec-epochs",
+        "1",
+        "--bpr-epochs",
+        "1",
+    ]);
     let cfg = dir.join("rl.toml");
     std::fs::write(
         &cfg,
@@ -30,10 +46,36 @@ fn rl_runs_logs_checkpoints_and_resumes() {
     .unwrap();
     ok(&["rl", "--config", cfg.to_str().unwrap(), "--stop-after", "2"]);
     ok(&["rl", "--config", cfg.to_str().unwrap(), "--resume"]);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().map(|l| l["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
-    for key in ["reward_mean", "reward_std", "reward_acc", "reward_fmt", "reward_eff", "ndcg@10", "valid_rate", "tool_calls", "kl", "clip_fraction", "entropy", "rollout_seconds", "train_seconds"] {
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("run/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for key in [
+        "reward_mean",
+        "reward_std",
+        "reward_acc",
+        "reward_fmt",
+        "reward_eff",
+        "ndcg@10",
+        "valid_rate",
+        "tool_calls",
+        "kl",
+        "clip_fraction",
+        "entropy",
+        "rollout_seconds",
+        "train_seconds",
+    ] {
         assert!(lines[0].get(key).is_some(), "metrics miss {key}");
     }
-    assert!(dir.join("run/checkpoints/step-000003/weights.safetensors").exists());
+    assert!(dir
+        .join("run/checkpoints/step-000003/weights.safetensors")
+        .exists());
 }
