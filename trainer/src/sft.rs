@@ -50,6 +50,15 @@ pub struct SftConfig {
     /// Keep the newest N checkpoints (0: all).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// Validation: every N steps (0: never), run the agent greedily on the valid split of
+    /// `eval_data` for `eval_users` users and log NDCG@10 and the valid rate.
+    #[serde(default)]
+    pub eval_every: usize,
+    pub eval_data: Option<PathBuf>,
+    #[serde(default = "default_eval_users")]
+    pub eval_users: usize,
+    #[serde(default)]
+    pub eval_agent: rollout::agent::AgentConfig,
     /// Present: train LoRA adapters instead of all weights.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
@@ -74,6 +83,9 @@ fn default_max_len() -> usize {
 }
 fn default_save_every() -> usize {
     50
+}
+fn default_eval_users() -> usize {
+    8
 }
 fn default_keep() -> usize {
     3
@@ -150,6 +162,44 @@ pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
     )
 }
 
+/// Greedy agent rollouts on validation episodes: (mean NDCG@10 with invalid = 0, valid rate).
+pub fn validate(
+    policy: &Policy,
+    world: &tools::World,
+    users: usize,
+    agent: &rollout::agent::AgentConfig,
+) -> Result<(f64, f64)> {
+    let eps: Vec<&datasets::Episode> = world
+        .data
+        .select(datasets::Split::Valid, datasets::Subset::All)
+        .into_iter()
+        .take(users)
+        .collect();
+    let registry = tools::suite::standard(agent.tool_max_chars);
+    let mut engine = rollout::engine::Engine::new(&policy.model, &policy.tokenizer);
+    engine.max_context = agent.max_context;
+    let rows = rollout::agent::run_agent(
+        &mut engine,
+        &policy.tokenizer,
+        &policy.chat,
+        world,
+        &registry,
+        &eps,
+        1,
+        agent,
+        0,
+    )?;
+    let scored: Vec<_> = rows
+        .iter()
+        .map(|r| crate::trajectory::score(r, eps[r.episode], &reward::RewardConfig::default()))
+        .collect();
+    let n = scored.len().max(1) as f64;
+    Ok((
+        scored.iter().map(|s| s.reward.acc).sum::<f64>() / n,
+        scored.iter().filter(|s| s.valid).count() as f64 / n,
+    ))
+}
+
 pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
     let device = parse_device(&cfg.device)?;
     let kind = parse_dtype(&cfg.dtype)?;
@@ -159,6 +209,11 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         policy.model.add_lora(l)?;
     }
     let examples = load_examples(cfg, &policy)?;
+    let val_world = match (&cfg.eval_data, cfg.eval_every) {
+        (Some(d), n) if n > 0 => Some(tools::world::load(d)?),
+        (None, n) if n > 0 => bail!("eval_every is set but eval_data is not"),
+        _ => None,
+    };
     let run = RunDir::create(&cfg.run_dir, &serde_json::to_value(cfg)?)?;
     let mut opt = AdamW::new(trainable(&policy.model));
     let mut start = 0;
@@ -217,7 +272,14 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         let lr = lr_at(&cfg.optim, step, cfg.steps);
         opt.apply(&cfg.optim, lr);
         opt.zero_grad();
-        let line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "seconds": t0.elapsed().as_secs_f64()});
+        let mut line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "seconds": t0.elapsed().as_secs_f64()});
+        if let Some(w) = &val_world {
+            if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
+                let (ndcg, valid) = validate(&policy, w, cfg.eval_users, &cfg.eval_agent)?;
+                line["val_ndcg@10"] = serde_json::json!(ndcg);
+                line["val_valid_rate"] = serde_json::json!(valid);
+            }
+        }
         run.log(&line)?;
         bar.set_message(format!("loss {loss_sum:.4}"));
         bar.inc(1);
