@@ -27,7 +27,7 @@ pub fn system_prompt(registry: Option<&Registry>, max_turns: usize) -> String {
             "You are a recommendation agent. You rank the candidate items for a user, best first.\n\
 Work in Analyze-Plan-Act steps:\n\
 1. Analyze: inside <think>...</think>, say what you know about the user and the candidates and what information is missing.\n\
-2. Act: to fill a gap, call exactly one tool per turn as <tool_call>{{\"name\": \"<tool>\", \"arguments\": {{...}}}}</tool_call>. The result comes back in <tool_response>...</tool_response>.\n\
+2. Act: to fill a gap, call exactly one tool per turn, for example <tool_call>{{\"name\": \"item_info\", \"arguments\": {{\"candidate\": 2}}}}</tool_call>. The result comes back in <tool_response>...</tool_response>.\n\
 3. Answer: when you know enough, give all candidate numbers, best first, as <answer>3, 1, 7, ...</answer>.\n\
 Use at most {max_turns} tool calls.\n\
 Tools:\n{}",
