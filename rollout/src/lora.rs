@@ -2,7 +2,7 @@
 //! weight, named as PEFT names it (`<module>.lora_A.weight`, `<module>.lora_B.weight`), and
 //! merged into the weight at export.
 
-use crate::model::{Linear, Model};
+use crate::model::{DecoderLayer, Linear, Model};
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
@@ -61,6 +61,20 @@ const MODULES: [&str; 7] = [
     "down_proj",
 ];
 
+/// The seven projections of a layer as (parent module, name, linear).
+fn projections(layer: &mut DecoderLayer) -> [(&'static str, &'static str, &mut Linear); 7] {
+    let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+    [
+        ("self_attn", "q_proj", &mut a.q_proj),
+        ("self_attn", "k_proj", &mut a.k_proj),
+        ("self_attn", "v_proj", &mut a.v_proj),
+        ("self_attn", "o_proj", &mut a.o_proj),
+        ("mlp", "gate_proj", &mut m.gate_proj),
+        ("mlp", "up_proj", &mut m.up_proj),
+        ("mlp", "down_proj", &mut m.down_proj),
+    ]
+}
+
 impl Model {
     /// Freezes the base weights and adds LoRA adapters to the target modules. A is
     /// Kaiming-uniform and B zero (PEFT's default), so the model starts unchanged.
@@ -81,18 +95,7 @@ impl Model {
         let root = self.vs.root();
         let kind = self.kind;
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let attn = &mut layer.self_attn;
-            let mlp = &mut layer.mlp;
-            let mods: [(&str, &str, &mut Linear); 7] = [
-                ("self_attn", "q_proj", &mut attn.q_proj),
-                ("self_attn", "k_proj", &mut attn.k_proj),
-                ("self_attn", "v_proj", &mut attn.v_proj),
-                ("self_attn", "o_proj", &mut attn.o_proj),
-                ("mlp", "gate_proj", &mut mlp.gate_proj),
-                ("mlp", "up_proj", &mut mlp.up_proj),
-                ("mlp", "down_proj", &mut mlp.down_proj),
-            ];
-            for (parent, name, lin) in mods {
+            for (parent, name, lin) in projections(layer) {
                 if !cfg.target_modules.iter().any(|t| t == name) {
                     continue;
                 }
@@ -117,17 +120,7 @@ impl Model {
     pub fn merge_lora(&mut self) {
         tch::no_grad(|| {
             for layer in &mut self.layers {
-                let a = &mut layer.self_attn;
-                let m = &mut layer.mlp;
-                for lin in [
-                    &mut a.q_proj,
-                    &mut a.k_proj,
-                    &mut a.v_proj,
-                    &mut a.o_proj,
-                    &mut m.gate_proj,
-                    &mut m.up_proj,
-                    &mut m.down_proj,
-                ] {
+                for (_, _, lin) in projections(layer) {
                     if let Some(l) = lin.lora.take() {
                         let delta = (l.b.to_kind(Kind::Float).matmul(&l.a.to_kind(Kind::Float))
                             * l.scale)

@@ -20,23 +20,6 @@ pub fn standard(max_chars: usize) -> Registry {
     )
 }
 
-fn item_line(w: &World, item: u32) -> String {
-    let m = &w.data.items[item as usize].meta;
-    let mut s = w.title(item);
-    if !m.categories.is_empty() {
-        s.push_str(&format!(
-            " [{}]",
-            m.categories
-                .iter()
-                .take(4)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    s
-}
-
 /// Where an item stands for this episode: "candidate 3", "in history (rated 4)" or nothing.
 fn tag(ep: &EpisodeView, item: u32) -> String {
     if let Some(i) = ep.candidates.iter().position(|&c| c == item) {
@@ -223,7 +206,7 @@ impl Tool for UserHistory {
         let lines: Vec<String> = rows
             .iter()
             .take(limit)
-            .map(|(_, e)| format!("- {} — rated {}", item_line(w, e.item), e.rating))
+            .map(|(_, e)| format!("- {} — rated {}", w.item_line(e.item, 4), e.rating))
             .collect();
         Ok(format!(
             "{} of {} matching items:\n{}",

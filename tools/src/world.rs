@@ -91,6 +91,24 @@ impl World {
         }
     }
 
+    /// "Title (year) [Genre, Genre]" with at most `max_categories` categories.
+    pub fn item_line(&self, item: u32, max_categories: usize) -> String {
+        let m = &self.data.items[item as usize].meta;
+        let mut s = self.title(item);
+        if !m.categories.is_empty() {
+            s.push_str(&format!(
+                " [{}]",
+                m.categories
+                    .iter()
+                    .take(max_categories)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        s
+    }
+
     pub fn title(&self, item: u32) -> String {
         let m = &self.data.items[item as usize].meta;
         match m.year {

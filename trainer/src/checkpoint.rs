@@ -140,3 +140,32 @@ pub fn load_optimizer(opt: &mut AdamW, ckpt: &Path) -> Result<()> {
         .collect();
     opt.load_state(&state)
 }
+
+/// With `resume`, loads the run's latest checkpoint into `model` and `opt`, drops metric lines
+/// past it, and returns its step; otherwise starts the run's metrics anew at step 0.
+pub fn resume_or_start(
+    run: &crate::run_dir::RunDir,
+    model: &Model,
+    opt: &mut AdamW,
+    resume: bool,
+) -> Result<usize> {
+    if !resume {
+        let _ = std::fs::remove_file(run.metrics_path());
+        return Ok(0);
+    }
+    let Some(ck) = latest(&run.checkpoints())? else {
+        eprintln!(
+            "no checkpoint in {}; starting fresh",
+            run.checkpoints().display()
+        );
+        return Ok(0);
+    };
+    load_weights(model, &ck)?;
+    load_optimizer(opt, &ck)?;
+    let step = read_state(&ck)?["step"]
+        .as_u64()
+        .context("checkpoint state has no step")? as usize;
+    run.truncate_metrics(step)?;
+    eprintln!("resumed from {} at step {step}", ck.display());
+    Ok(step)
+}

@@ -56,13 +56,13 @@ pub struct SynthConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelTeacher {
     pub dir: PathBuf,
-    #[serde(default = "default_samples")]
+    #[serde(default = "trainer::config::defaults::four")]
     pub samples: usize,
-    #[serde(default = "default_batch")]
+    #[serde(default = "trainer::config::defaults::sixteen")]
     pub batch: usize,
-    #[serde(default = "default_cpu")]
+    #[serde(default = "trainer::config::defaults::cpu")]
     pub device: String,
-    #[serde(default = "default_f32")]
+    #[serde(default = "trainer::config::defaults::f32")]
     pub dtype: String,
 }
 
@@ -75,19 +75,6 @@ fn default_split() -> String {
 fn default_min_ndcg() -> f64 {
     0.5
 }
-fn default_samples() -> usize {
-    4
-}
-fn default_batch() -> usize {
-    16
-}
-fn default_cpu() -> String {
-    "cpu".into()
-}
-fn default_f32() -> String {
-    "f32".into()
-}
-
 pub fn synth_cmd(a: ConfigArgs) -> Result<()> {
     let cfg: SynthConfig = trainer::config::load(&a.config)?;
     let world = tools::world::load(&cfg.data)?;

@@ -11,7 +11,7 @@ use crate::run_dir::RunDir;
 use crate::sequence::TokenSequence;
 use crate::sft::{pad, trainable};
 use crate::trajectory::score;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use datasets::{Episode, Split};
 use indicatif::{ProgressBar, ProgressStyle};
 use reward::RewardConfig;
@@ -33,30 +33,30 @@ pub struct RlConfig {
     pub model: PathBuf,
     /// Prepared HDF5 file; training episodes come from its train split.
     pub data: PathBuf,
-    #[serde(default = "cpu")]
+    #[serde(default = "crate::config::defaults::cpu")]
     pub device: String,
-    #[serde(default = "f32")]
+    #[serde(default = "crate::config::defaults::f32")]
     pub dtype: String,
     #[serde(default)]
     pub seed: u64,
     pub steps: usize,
     /// B: episodes per step.
-    #[serde(default = "four")]
+    #[serde(default = "crate::config::defaults::four")]
     pub episodes_per_step: usize,
     /// G: samples per episode (the group).
-    #[serde(default = "four")]
+    #[serde(default = "crate::config::defaults::four")]
     pub group_size: usize,
     /// Inner epochs over each batch of rollouts (optimizer steps per GRPO step).
-    #[serde(default = "one")]
+    #[serde(default = "crate::config::defaults::one")]
     pub mu: usize,
-    #[serde(default = "two")]
+    #[serde(default = "crate::config::defaults::two")]
     pub micro_batch: usize,
     /// z_score, or mean_only (Dr. GRPO).
     #[serde(default = "z_score")]
     pub advantage: String,
-    #[serde(default = "ten")]
+    #[serde(default = "crate::config::defaults::ten")]
     pub save_every: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::config::defaults::three")]
     pub keep_checkpoints: usize,
     #[serde(default)]
     pub lora: Option<LoraConfig>,
@@ -70,27 +70,6 @@ pub struct RlConfig {
     pub optim: OptimConfig,
 }
 
-fn cpu() -> String {
-    "cpu".into()
-}
-fn f32() -> String {
-    "f32".into()
-}
-fn one() -> usize {
-    1
-}
-fn two() -> usize {
-    2
-}
-fn three() -> usize {
-    3
-}
-fn four() -> usize {
-    4
-}
-fn ten() -> usize {
-    10
-}
 fn z_score() -> String {
     "z_score".into()
 }
@@ -134,20 +113,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
     };
     let run = RunDir::create(&cfg.run_dir, &serde_json::to_value(cfg)?)?;
     let mut opt = AdamW::new(trainable(&policy.model));
-    let mut start = 0;
-    if resume {
-        if let Some(ck) = checkpoint::latest(&run.checkpoints())? {
-            checkpoint::load_weights(&policy.model, &ck)?;
-            checkpoint::load_optimizer(&mut opt, &ck)?;
-            start = checkpoint::read_state(&ck)?["step"]
-                .as_u64()
-                .context("checkpoint state has no step")? as usize;
-            run.truncate_metrics(start)?;
-            eprintln!("resumed from {} at step {start}", ck.display());
-        }
-    } else {
-        let _ = std::fs::remove_file(run.metrics_path());
-    }
+    let start = checkpoint::resume_or_start(&run, &policy.model, &mut opt, resume)?;
     let train = world.data.episodes(Split::Train);
     if train.is_empty() {
         bail!("{}: no training episodes", cfg.data.display());

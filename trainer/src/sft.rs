@@ -30,32 +30,32 @@ pub struct SftConfig {
     pub model: PathBuf,
     /// SFT set (JSON lines with `messages`), as written by `recthinker synth`.
     pub train_file: PathBuf,
-    #[serde(default = "default_device")]
+    #[serde(default = "crate::config::defaults::cpu")]
     pub device: String,
-    #[serde(default = "default_dtype")]
+    #[serde(default = "crate::config::defaults::f32")]
     pub dtype: String,
     #[serde(default)]
     pub seed: u64,
     pub steps: usize,
-    #[serde(default = "default_batch")]
+    #[serde(default = "crate::config::defaults::four")]
     pub batch_size: usize,
-    #[serde(default = "default_micro")]
+    #[serde(default = "crate::config::defaults::one")]
     pub micro_batch: usize,
     /// Longer conversations are cut to this many tokens.
-    #[serde(default = "default_max_len")]
+    #[serde(default = "crate::config::defaults::max_len")]
     pub max_len: usize,
     /// Checkpoint every N steps (and at the end).
-    #[serde(default = "default_save_every")]
+    #[serde(default = "crate::config::defaults::fifty")]
     pub save_every: usize,
     /// Keep the newest N checkpoints (0: all).
-    #[serde(default = "default_keep")]
+    #[serde(default = "crate::config::defaults::three")]
     pub keep_checkpoints: usize,
     /// Validation: every N steps (0: never), run the agent greedily on the valid split of
     /// `eval_data` for `eval_users` users and log NDCG@10 and the valid rate.
     #[serde(default)]
     pub eval_every: usize,
     pub eval_data: Option<PathBuf>,
-    #[serde(default = "default_eval_users")]
+    #[serde(default = "crate::config::defaults::eight")]
     pub eval_users: usize,
     #[serde(default)]
     pub eval_agent: rollout::agent::AgentConfig,
@@ -64,31 +64,6 @@ pub struct SftConfig {
     pub lora: Option<LoraConfig>,
     #[serde(default)]
     pub optim: OptimConfig,
-}
-
-fn default_device() -> String {
-    "cpu".into()
-}
-fn default_dtype() -> String {
-    "f32".into()
-}
-fn default_batch() -> usize {
-    4
-}
-fn default_micro() -> usize {
-    1
-}
-fn default_max_len() -> usize {
-    2048
-}
-fn default_save_every() -> usize {
-    50
-}
-fn default_eval_users() -> usize {
-    8
-}
-fn default_keep() -> usize {
-    3
 }
 
 /// The trainable parameters, by name (adapters only under LoRA).
@@ -216,26 +191,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
     };
     let run = RunDir::create(&cfg.run_dir, &serde_json::to_value(cfg)?)?;
     let mut opt = AdamW::new(trainable(&policy.model));
-    let mut start = 0;
-    if resume {
-        match checkpoint::latest(&run.checkpoints())? {
-            Some(ck) => {
-                checkpoint::load_weights(&policy.model, &ck)?;
-                checkpoint::load_optimizer(&mut opt, &ck)?;
-                start = checkpoint::read_state(&ck)?["step"]
-                    .as_u64()
-                    .context("checkpoint state has no step")? as usize;
-                run.truncate_metrics(start)?;
-                eprintln!("resumed from {} at step {start}", ck.display());
-            }
-            None => eprintln!(
-                "no checkpoint in {}; starting fresh",
-                run.checkpoints().display()
-            ),
-        }
-    } else {
-        let _ = std::fs::remove_file(run.metrics_path());
-    }
+    let start = checkpoint::resume_or_start(&run, &policy.model, &mut opt, resume)?;
     let trainable_count: i64 = opt.params.iter().map(|(_, p)| p.numel() as i64).sum();
     eprintln!(
         "SFT: {} examples, {} trainable parameters{}",

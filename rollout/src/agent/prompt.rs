@@ -4,23 +4,6 @@
 
 use tools::{EpisodeView, Registry, World};
 
-fn item_text(w: &World, item: u32) -> String {
-    let m = &w.data.items[item as usize].meta;
-    let mut s = w.title(item);
-    if !m.categories.is_empty() {
-        s.push_str(&format!(
-            " [{}]",
-            m.categories
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    s
-}
-
 pub fn system_prompt(registry: Option<&Registry>, max_turns: usize) -> String {
     match registry {
         Some(reg) => format!(
@@ -54,14 +37,14 @@ pub fn user_prompt(w: &World, ep: &EpisodeView, history_len: usize) -> String {
         for e in recent {
             s.push_str(&format!(
                 "- {} (rated {})\n",
-                item_text(w, e.item),
+                w.item_line(e.item, 3),
                 e.rating
             ));
         }
     }
     s.push_str("Candidates:\n");
     for (i, &c) in ep.candidates.iter().enumerate() {
-        s.push_str(&format!("{}. {}\n", i + 1, item_text(w, c)));
+        s.push_str(&format!("{}. {}\n", i + 1, w.item_line(c, 3)));
     }
     s.push_str(&format!("Rank all {} candidates.", ep.candidates.len()));
     s
