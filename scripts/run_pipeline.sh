@@ -12,7 +12,7 @@ cargo build --release -p trainer
 BIN=target/release/recthinker
 BASE=checkpoints/base/SmolLM2-135M-Instruct
 RUN=checkpoints/pipeline
-EVAL_USERS=${EVAL_USERS:-8}
+EVAL_USERS=${EVAL_USERS:-4}
 mkdir -p "$RUN"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
@@ -45,7 +45,7 @@ for subset in sparse dense; do
   for pair in "sft:$RUN/sft-export" "sft-grpo:$RUN/final-export"; do
     name=${pair%%:*}; model=${pair#*:}
     "$BIN" eval --data "$RUN/ml-100k.h5" --model "$model" --subset $subset --limit-users "$EVAL_USERS" \
-      --max-new-tokens 192 --max-turns 3 --out "$RUN/eval-$name-$subset.json" --trajectories "$RUN/eval-$name-$subset.jsonl"
+      --max-new-tokens 192 --out "$RUN/eval-$name-$subset.json" --trajectories "$RUN/eval-$name-$subset.jsonl"
   done
 done
 
