@@ -23,6 +23,7 @@ steps = 2
 episodes_per_step = $B
 group_size = $G
 micro_batch = $((B * G))
+keep_zero_variance_groups = true   # TRL trains on every group; so do we here
 [agent]
 use_tools = false
 temperature = 1.0

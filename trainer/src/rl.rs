@@ -54,6 +54,10 @@ pub struct RlConfig {
     /// z_score, or mean_only (Dr. GRPO).
     #[serde(default = "z_score")]
     pub advantage: String,
+    /// Train on groups whose rewards are all equal too (advantage 0: only the KL term acts).
+    /// Off by default, as GRPO drops them; benchmarks against TRL turn it on.
+    #[serde(default)]
+    pub keep_zero_variance_groups: bool,
     #[serde(default = "crate::config::defaults::ten")]
     pub save_every: usize,
     #[serde(default = "crate::config::defaults::three")]
@@ -154,7 +158,16 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             .map(|r| score(r, eps[r.episode], &cfg.reward))
             .collect();
         let rewards: Vec<f64> = scored.iter().map(|s| s.reward.total).collect();
-        let adv = group_advantages(&rewards, cfg.group_size, z);
+        let adv: Vec<Option<f64>> = group_advantages(&rewards, cfg.group_size, z)
+            .into_iter()
+            .map(|a| {
+                if cfg.keep_zero_variance_groups {
+                    Some(a.unwrap_or(0.0))
+                } else {
+                    a
+                }
+            })
+            .collect();
         let n = rewards.len() as f64;
         let mean =
             |f: &dyn Fn(&crate::trajectory::Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
@@ -207,7 +220,10 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             for mb in &micro {
                 let seqs: Vec<&TokenSequence> = mb.iter().map(|(s, _)| s).collect();
                 let (ids, mask) = pad(&seqs, device);
-                let old = tch::no_grad(|| token_logprobs(&policy.model, &ids, &mask).dense);
+                // With one inner epoch the old policy is the current one: its log-probs are
+                // the detached new ones, so the extra forward is skipped.
+                let old = (cfg.mu > 1)
+                    .then(|| tch::no_grad(|| token_logprobs(&policy.model, &ids, &mask).dense));
                 let reference_lp = reference
                     .as_ref()
                     .map(|r| tch::no_grad(|| token_logprobs(&r.model, &ids, &mask).dense));
@@ -221,9 +237,10 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
                     let lp = token_logprobs(&policy.model, ids, mask);
                     let t = mask.size()[1];
                     let tmask = mask.narrow(1, 1, t - 1);
+                    let detached = lp.dense.detach();
                     let terms = grpo_loss(
                         &lp.dense,
-                        old,
+                        old.as_ref().unwrap_or(&detached),
                         reference_lp.as_ref(),
                         &adv_t,
                         &tmask,
