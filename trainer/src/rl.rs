@@ -285,15 +285,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         let done = step + 1;
         if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
             let state = serde_json::json!({"step": done, "kind": "grpo", "base_model": cfg.model, "lora": cfg.lora, "dtype": cfg.dtype, "seed": cfg.seed});
-            checkpoint::save(
-                &run.checkpoints(),
-                done,
-                &policy.model,
-                &opt,
-                &state,
-                cfg.keep_checkpoints,
-            )?;
-            crate::plot::plot_metrics(&run.root)?;
+            run.checkpoint(done, &policy.model, &opt, &state, cfg.keep_checkpoints)?;
         }
     }
     bar.finish();

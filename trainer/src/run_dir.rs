@@ -61,3 +61,19 @@ impl RunDir {
         Ok(())
     }
 }
+
+impl RunDir {
+    /// Writes checkpoint `step` (see checkpoint.rs) and redraws the plots.
+    pub fn checkpoint(
+        &self,
+        step: usize,
+        model: &rollout::Model,
+        opt: &crate::optim::AdamW,
+        state: &serde_json::Value,
+        keep: usize,
+    ) -> Result<()> {
+        crate::checkpoint::save(&self.checkpoints(), step, model, opt, state, keep)?;
+        crate::plot::plot_metrics(&self.root)?;
+        Ok(())
+    }
+}
