@@ -20,17 +20,7 @@ impl Default for LoraConfig {
         Self {
             rank: 16,
             alpha: 32.0,
-            target_modules: [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
+            target_modules: MODULES.map(String::from).to_vec(),
         }
     }
 }

@@ -78,20 +78,27 @@ fn rows(path: &Path, sep: &str, n: usize) -> Result<Vec<(usize, Vec<String>)>> {
     Ok(out)
 }
 
+/// `user, item, rating, timestamp` rows (u.data, ratings.dat) as interactions.
+fn read_ratings(path: &Path, sep: &str) -> Result<Vec<Interaction>> {
+    rows(path, sep, 4)?
+        .into_iter()
+        .map(|(line, f)| {
+            Ok(Interaction {
+                user: f[0].clone(),
+                item: f[1].clone(),
+                rating: parse(&f[2], "rating", path, line)?,
+                timestamp: parse(&f[3], "timestamp", path, line)?,
+            })
+        })
+        .collect()
+}
+
 pub fn read_ml100k(dir: &Path) -> Result<RawDataset> {
     let mut ds = RawDataset {
         name: "ml-100k".into(),
         ..Default::default()
     };
-    let data = dir.join("u.data");
-    for (line, f) in rows(&data, "\t", 4)? {
-        ds.interactions.push(Interaction {
-            user: f[0].clone(),
-            item: f[1].clone(),
-            rating: parse(&f[2], "rating", &data, line)?,
-            timestamp: parse(&f[3], "timestamp", &data, line)?,
-        });
-    }
+    ds.interactions = read_ratings(&dir.join("u.data"), "\t")?;
     let item = dir.join("u.item");
     if item.exists() {
         for (line, f) in rows(&item, "|", 5 + ML100K_GENRES.len())? {
@@ -135,15 +142,7 @@ pub fn read_ml1m(dir: &Path) -> Result<RawDataset> {
         name: "ml-1m".into(),
         ..Default::default()
     };
-    let ratings = dir.join("ratings.dat");
-    for (line, f) in rows(&ratings, "::", 4)? {
-        ds.interactions.push(Interaction {
-            user: f[0].clone(),
-            item: f[1].clone(),
-            rating: parse(&f[2], "rating", &ratings, line)?,
-            timestamp: parse(&f[3], "timestamp", &ratings, line)?,
-        });
-    }
+    ds.interactions = read_ratings(&dir.join("ratings.dat"), "::")?;
     let movies = dir.join("movies.dat");
     if movies.exists() {
         for (_, f) in rows(&movies, "::", 3)? {
