@@ -13,4 +13,5 @@ pub mod run_dir;
 pub mod sequence;
 pub mod sft;
 pub mod synth;
+pub mod teachers;
 pub mod trajectory;

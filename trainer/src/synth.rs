@@ -1,203 +1,142 @@
-//! Trajectory synthesis for SFT: teachers play the Analyze-Plan-Act protocol on training
+//! Trajectory synthesis for SFT: a teacher plays the Analyze-Plan-Act protocol on training
 //! episodes; a rejection filter keeps valid trajectories whose NDCG@10 reaches a threshold,
-//! preferring fewer tool calls among equals.
+//! preferring fewer tool calls among equals, and writes them as JSON lines with a summary.
 
-use datasets::Episode;
+use crate::teachers::model::{ModelTeacher, ModelTeacherConfig};
+use crate::teachers::openai::{OpenAiConfig, OpenAiTeacher};
+use crate::teachers::scripted::Scripted;
+use crate::teachers::{Candidate, Teacher};
+use anyhow::{bail, Context, Result};
+use datasets::{Episode, Split};
+use indicatif::{ProgressBar, ProgressStyle};
 use reward::{ndcg_at_rank, parse_answer, rank_in};
-use rollout::agent::prompt::{system_prompt, user_prompt};
+use rollout::agent::AgentConfig;
 use rollout::chat::Message;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::HashMap;
-use tools::{EpisodeView, Registry, World};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-/// A teacher's conversation for one episode.
-pub struct Candidate {
-    pub messages: Vec<Message>,
-    pub tool_calls: usize,
-    pub bad_calls: usize,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    /// Prepared HDF5 file.
+    pub data: PathBuf,
+    /// Output SFT set (JSON lines); a summary goes beside it (`.summary.json`).
+    pub out: PathBuf,
+    /// scripted | model | openai
+    #[serde(default = "default_teacher")]
+    pub teacher: String,
+    #[serde(default = "default_split")]
+    pub split: String,
+    /// Use at most this many episodes of the split.
+    pub limit_episodes: Option<usize>,
+    /// Keep trajectories with NDCG@10 at or above this.
+    #[serde(default = "default_min_ndcg")]
+    pub min_ndcg: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// For teacher = "model".
+    pub model: Option<ModelTeacherConfig>,
+    /// For teacher = "openai".
+    pub openai: Option<OpenAiConfig>,
 }
 
-/// z-scores over the candidates (0 when all equal).
-fn z(v: &[f64]) -> Vec<f64> {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    v.iter()
-        .map(|x| if sd < 1e-12 { 0.0 } else { (x - mean) / sd })
-        .collect()
+fn default_teacher() -> String {
+    "scripted".into()
+}
+fn default_split() -> String {
+    "train".into()
+}
+fn default_min_ndcg() -> f64 {
+    0.5
 }
 
-/// The evidence behind each tool, per candidate, as the scripted teacher reads it.
-struct Evidence {
-    similar: Vec<f64>,
-    genre: Vec<f64>,
-    co_liked: Vec<f64>,
+/// The teacher a config names, with its table checked.
+fn teacher(cfg: &SynthConfig, path: &Path) -> Result<Box<dyn Teacher>> {
+    Ok(match cfg.teacher.as_str() {
+        "scripted" => Box::new(Scripted {
+            history_len: cfg.agent.prompt_history_len,
+            max_turns: cfg.agent.max_turns,
+        }),
+        "model" => Box::new(ModelTeacher {
+            cfg: cfg.model.clone().with_context(|| {
+                format!(
+                    "{}: teacher = \"model\" needs a [model] table (dir, samples, ...)",
+                    path.display()
+                )
+            })?,
+            agent: cfg.agent.clone(),
+            seed: cfg.seed,
+        }),
+        "openai" => Box::new(
+            OpenAiTeacher::new(
+                cfg.openai.clone().with_context(|| {
+                    format!(
+                        "{}: teacher = \"openai\" needs an [openai] table (base_url, model, ...)",
+                        path.display()
+                    )
+                })?,
+                cfg.agent.clone(),
+                cfg.seed,
+            )
+            .with_context(|| format!("{}: [openai]", path.display()))?,
+        ),
+        other => bail!(
+            "{}: teacher `{other}`: expected scripted, model or openai",
+            path.display()
+        ),
+    })
 }
 
-fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
-    let neighbors: Vec<u32> = w
-        .models
-        .userknn
-        .neighbors
-        .of(ep.user)
-        .take(10)
-        .map(|(v, _)| v)
-        .collect();
-    let similar = ep
-        .candidates
+/// `recthinker synth`: plays the episodes, filters, writes the SFT set and its summary.
+pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
+    let teacher = teacher(cfg, path)?;
+    let world = tools::world::load(&cfg.data)?;
+    let reg = tools::suite::standard(cfg.agent.tool_max_chars);
+    let mut episodes: Vec<&Episode> = world
+        .data
+        .episodes(Split::parse(&cfg.split)?)
         .iter()
-        .map(|&c| {
-            neighbors
-                .iter()
-                .flat_map(|&v| w.train_sequences[v as usize].iter())
-                .filter(|e| e.item == c)
-                .map(|e| e.rating as f64 / 5.0)
-                .sum()
-        })
         .collect();
-    let mut taste: HashMap<&str, f64> = HashMap::new();
-    for e in ep.history {
-        for g in &w.data.items[e.item as usize].meta.categories {
-            *taste.entry(g.as_str()).or_default() += e.rating as f64;
+    if let Some(k) = cfg.limit_episodes {
+        episodes.truncate(k);
+    }
+    let bar = ProgressBar::new(episodes.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("synth {bar:30} {pos}/{len} episodes [{elapsed}<{eta}] {msg}")
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let played = teacher.conversations(&world, &reg, &episodes, &bar)?;
+    bar.finish();
+    if let Some(dir) = cfg.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = cfg.out.with_extension("jsonl.tmp");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let mut kept = Vec::new();
+    for (ep, cands) in episodes.iter().zip(played.candidates) {
+        if let Some((c, ndcg)) = select(cands, ep, cfg.min_ndcg) {
+            let line = json!({"user": world.data.users[ep.user as usize].raw_id, "pos": ep.pos, "teacher": cfg.teacher,
+                "ndcg@10": ndcg, "tool_calls": c.tool_calls, "messages": c.messages});
+            writeln!(out, "{line}")?;
+            kept.push((c.tool_calls, ndcg));
         }
     }
-    let total: f64 = taste.values().sum::<f64>().max(1.0);
-    let genre = ep
-        .candidates
-        .iter()
-        .map(|&c| {
-            w.data.items[c as usize]
-                .meta
-                .categories
-                .iter()
-                .map(|g| taste.get(g.as_str()).copied().unwrap_or(0.0) / total)
-                .sum()
-        })
-        .collect();
-    let recent: Vec<u32> = ep.history.iter().rev().take(50).map(|e| e.item).collect();
-    let co_liked = ep
-        .candidates
-        .iter()
-        .map(|&c| recent.iter().map(|&h| w.models.cooc.sim(h, c) as f64).sum())
-        .collect();
-    Evidence {
-        similar,
-        genre,
-        co_liked,
-    }
-}
-
-fn call_text(name: &str, args: serde_json::Value) -> String {
-    json!({"name": name, "arguments": args}).to_string()
-}
-
-/// The scripted teacher: three plans of increasing length, each ranking by a fusion of the
-/// evidence its calls gathered.
-pub fn scripted(
-    w: &World,
-    reg: &Registry,
-    ep: &Episode,
-    history_len: usize,
-    max_turns: usize,
-) -> Vec<Candidate> {
-    let view = EpisodeView::new(w, ep);
-    let ev = evidence(w, &view);
-    let n = ep.candidates.len();
-    let (zs, zg, zc) = (z(&ev.similar), z(&ev.genre), z(&ev.co_liked));
-    let head = vec![
-        Message::system(system_prompt(Some(reg), max_turns)),
-        Message::user(user_prompt(w, &view, history_len)),
-    ];
-    let last: Vec<String> = view
-        .history
-        .iter()
-        .rev()
-        .take(3)
-        .map(|e| w.title(e.item))
-        .collect();
-    let plans: [&[&str]; 3] = [
-        &["similar_users"],
-        &["user_profile", "similar_users"],
-        &["user_profile", "similar_users", "item_relations"],
-    ];
-    let mut out = Vec::new();
-    for plan in plans {
-        let mut messages = head.clone();
-        let mut bad = 0;
-        let mut scores = vec![0.0f64; n];
-        let mut reasons: Vec<String> = Vec::new();
-        for (step, tool) in plan.iter().enumerate() {
-            let (think, args) = match *tool {
-                "user_profile" => (
-                    format!("The latest items are {}. I do not yet know the user's overall taste, so I check their profile first.", last.join(", ")),
-                    json!({}),
-                ),
-                "similar_users" => (
-                    if step == 0 {
-                        format!("The user recently watched {}. What matters most is which candidates people with similar taste liked, so I ask similar users about the candidates.", last.join(", "))
-                    } else {
-                        "Now I need collaborative evidence: which candidates did users with similar taste interact with?".to_string()
-                    },
-                    json!({"k": 10, "only_candidates": true}),
-                ),
-                _ => {
-                    let top = (0..n).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap_or(0);
-                    (format!("Candidate {} leads so far; I check how it relates to what the user liked before.", top + 1), json!({"candidate": top + 1, "relation": "co_liked"}))
-                }
-            };
-            let text = format!(
-                "<think>{think}</think>\n<tool_call>{}</tool_call>",
-                call_text(tool, args.clone())
-            );
-            let obs = reg.call_text(w, &view, &call_text(tool, args));
-            bad += usize::from(!obs.ok);
-            messages.push(Message::assistant(text));
-            messages.push(Message::tool(format!(
-                "<tool_response>\n{}\n</tool_response>",
-                obs.text
-            )));
-            match *tool {
-                "similar_users" => {
-                    scores.iter_mut().zip(&zs).for_each(|(s, x)| *s += 1.0 * x);
-                    reasons.push("interest from similar users".into());
-                }
-                "user_profile" => {
-                    scores.iter_mut().zip(&zg).for_each(|(s, x)| *s += 0.5 * x);
-                    reasons.push("fit with the user's favourite genres".into());
-                }
-                _ => {
-                    scores.iter_mut().zip(&zc).for_each(|(s, x)| *s += 0.7 * x);
-                    reasons.push(
-                        "how often each candidate is liked together with the user's recent items"
-                            .into(),
-                    );
-                }
-            }
-        }
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        let best: Vec<String> = order
-            .iter()
-            .take(3)
-            .map(|&i| format!("{} ({})", i + 1, w.title(ep.candidates[i])))
-            .collect();
-        let answer = order
-            .iter()
-            .map(|i| (i + 1).to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        messages.push(Message::assistant(format!(
-            "<think>Combining {}: the strongest candidates are {}. I rank the rest by the same evidence.</think>\n<answer>{answer}</answer>",
-            reasons.join(", "),
-            best.join(", ")
-        )));
-        out.push(Candidate {
-            messages,
-            tool_calls: plan.len(),
-            bad_calls: bad,
-        });
-    }
-    out
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, &cfg.out)?;
+    let mut summary = summary(&kept, episodes.len());
+    summary["failed_episodes"] = json!(played.failed_episodes);
+    rollout::fsutil::write_atomic(
+        &cfg.out.with_extension("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    Ok(summary)
 }
 
 /// NDCG@10 of a conversation's final answer (None when invalid).
