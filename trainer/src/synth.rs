@@ -167,7 +167,7 @@ pub fn summary(kept: &[(usize, f64)], total: usize) -> serde_json::Value {
         "episodes": total,
         "kept": kept.len(),
         "keep_rate": kept.len() as f64 / total.max(1) as f64,
-        "mean_ndcg@10": kept.iter().map(|k| k.1).sum::<f64>() / n,
-        "mean_tool_calls": kept.iter().map(|k| k.0 as f64).sum::<f64>() / n,
+        "mean_ndcg@10": kept.iter().map(|k| k.1).fold(0.0, |a, b| a + b) / n,
+        "mean_tool_calls": kept.iter().map(|k| k.0 as f64).fold(0.0, |a, b| a + b) / n,
     })
 }
