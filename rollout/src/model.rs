@@ -85,9 +85,16 @@ pub enum AttnContext<'a> {
         all_rows: bool,
         starts: &'a [i64],
     },
+    /// Causal attention over the input, keeping each layer's keys and values (with their
+    /// autograd history) for `Prefixed` forwards: a prompt shared by a group of rows.
+    Record(&'a mut Vec<(Tensor, Tensor)>),
+    /// Each input row continues the recorded prefix: its S tokens sit at positions
+    /// `P..P+S` and attend to all P prefix keys and causally to their own. Gradients reach
+    /// the prefix through the keys and values, summed over the rows.
+    Prefixed(&'a [(Tensor, Tensor)]),
 }
 
-/// Per-call tensors shared by all layers of one cached forward.
+/// Per-call tensors shared by all layers of one cached or prefixed forward.
 struct CachedStep {
     positions: Tensor,
     mask: Tensor,
@@ -170,9 +177,29 @@ impl Attention {
                     )
                 }
             }
-            _ => Tensor::scaled_dot_product_attention::<Tensor>(
-                &q, &k, &v, None, 0.0, true, None, true,
-            ),
+            (AttnContext::Prefixed(prefix), Some(step)) => {
+                let (pk, pv) = &prefix[layer];
+                let k_all = Tensor::cat(&[pk.expand([b, -1, -1, -1], false), k], 2);
+                let v_all = Tensor::cat(&[pv.expand([b, -1, -1, -1], false), v], 2);
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k_all,
+                    &v_all,
+                    Some(&step.mask),
+                    0.0,
+                    false,
+                    None,
+                    true,
+                )
+            }
+            (ctx, _) => {
+                if let AttnContext::Record(store) = ctx {
+                    store.push((k.shallow_clone(), v.shallow_clone()));
+                }
+                Tensor::scaled_dot_product_attention::<Tensor>(
+                    &q, &k, &v, None, 0.0, true, None, true,
+                )
+            }
         };
         let out = out
             .transpose(1, 2)
@@ -376,7 +403,22 @@ impl Model {
         let (b, s) = input_ids.size2().expect("input_ids is [batch, seq]");
         let device = self.device();
         let step = match &mut ctx {
-            AttnContext::Causal => None,
+            AttnContext::Causal | AttnContext::Record(_) => None,
+            AttnContext::Prefixed(prefix) => {
+                let p = prefix.first().map_or(0, |(k, _)| k.size()[2]);
+                let positions = (Tensor::arange(s, (Kind::Int64, device)) + p)
+                    .unsqueeze(0)
+                    .expand([b, s], false);
+                // mask[0, 0, i, j]: every prefix key, then own keys up to the query.
+                let own = Tensor::ones([s, s], (Kind::Bool, device)).tril(0);
+                let mask = Tensor::cat(&[Tensor::ones([s, p], (Kind::Bool, device)), own], 1)
+                    .view([1, 1, s, p + s]);
+                Some(CachedStep {
+                    positions,
+                    mask,
+                    keys_len: p + s,
+                })
+            }
             AttnContext::Cached { cache, starts, .. } => {
                 let starts_t = Tensor::from_slice(starts).to_device(device);
                 let offsets = Tensor::arange(s, (Kind::Int64, device));

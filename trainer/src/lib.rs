@@ -9,6 +9,7 @@ pub mod losses;
 pub mod optim;
 pub mod plot;
 pub mod rl;
+pub mod rl_batch;
 pub mod run_dir;
 pub mod sequence;
 pub mod sft;

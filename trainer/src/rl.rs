@@ -4,12 +4,11 @@
 //! inner epochs in micro-batches.
 
 use crate::checkpoint;
-use crate::logprobs::token_logprobs;
-use crate::losses::{group_advantages, grpo_loss, Aggregation, GrpoLossConfig};
+use crate::losses::{group_advantages, GrpoLossConfig};
 use crate::optim::{lr_at, AdamW, OptimConfig};
+use crate::rl_batch::{accumulate_gradients, micro_batches, Fixed, MicroBatch};
 use crate::run_dir::RunDir;
-use crate::sequence::TokenSequence;
-use crate::sft::{pad, trainable};
+use crate::sft::trainable;
 use crate::trajectory::score;
 use anyhow::{bail, Result};
 use datasets::{Episode, Split};
@@ -23,7 +22,6 @@ use rollout::Policy;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,8 +47,13 @@ pub struct RlConfig {
     /// Inner epochs over each batch of rollouts (optimizer steps per GRPO step).
     #[serde(default = "crate::config::defaults::one")]
     pub mu: usize,
+    /// Rows per forward/backward when `share_prompt` is off.
     #[serde(default = "crate::config::defaults::two")]
     pub micro_batch: usize,
+    /// Train each group as one micro-batch whose shared prompt runs once (same loss and
+    /// gradients as full rows, less compute); off: `micro_batch` full rows at a time.
+    #[serde(default = "yes")]
+    pub share_prompt: bool,
     /// z_score, or mean_only (Dr. GRPO).
     #[serde(default = "z_score")]
     pub advantage: String,
@@ -74,6 +77,9 @@ pub struct RlConfig {
     pub optim: OptimConfig,
 }
 
+fn yes() -> bool {
+    true
+}
 fn z_score() -> String {
     "z_score".into()
 }
@@ -188,80 +194,31 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             "generated_tokens": rows.iter().map(|r| r.generated_tokens).sum::<usize>(),
             "rollout_seconds": rollout_seconds,
         });
-        // 3. The batch: sequences of groups with signal.
-        let batch: Vec<(TokenSequence, f64)> = rows
-            .iter()
-            .zip(&adv)
-            .filter_map(|(r, a)| {
-                a.map(|a| {
-                    (
-                        TokenSequence {
-                            ids: r.ids.clone(),
-                            mask: r.mask.clone(),
-                        },
-                        a,
-                    )
-                })
-            })
-            .filter(|(s, _)| s.mask.contains(&1))
-            .collect();
-        line["groups_kept"] = serde_json::json!(batch.len() / cfg.group_size.max(1));
+        // 3. The batch: rows of groups with signal, as micro-batches.
+        let micro = micro_batches(&rows, &adv, cfg.share_prompt, cfg.micro_batch, device);
+        let batch_rows: usize = micro.iter().map(MicroBatch::rows).sum();
+        line["groups_kept"] = serde_json::json!(batch_rows / cfg.group_size.max(1));
         let t_train = Instant::now();
         let (mut kl, mut clip, mut entropy, mut loss_sum, mut lr) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        if !batch.is_empty() {
-            let micro: Vec<&[(TokenSequence, f64)]> =
-                batch.chunks(cfg.micro_batch.max(1)).collect();
-            let total_tokens: usize = batch
+        if batch_rows > 0 {
+            // Old (and reference) log-probs, fixed for the inner epochs. With one inner epoch
+            // the old policy is the current one: its log-probs are the detached new ones, so
+            // that extra forward is skipped.
+            let fixed: Vec<Fixed> = micro
                 .iter()
-                .map(|(s, _)| s.mask[1..].iter().filter(|&&m| m == 1).count())
-                .sum();
-            // Old (and reference) log-probs, fixed for the inner epochs.
-            let mut fixed = Vec::new();
-            for mb in &micro {
-                let seqs: Vec<&TokenSequence> = mb.iter().map(|(s, _)| s).collect();
-                let (ids, mask) = pad(&seqs, device);
-                // With one inner epoch the old policy is the current one: its log-probs are
-                // the detached new ones, so the extra forward is skipped.
-                let old = (cfg.mu > 1)
-                    .then(|| tch::no_grad(|| token_logprobs(&policy.model, &ids, &mask).dense));
-                let reference_lp = reference
-                    .as_ref()
-                    .map(|r| tch::no_grad(|| token_logprobs(&r.model, &ids, &mask).dense));
-                fixed.push((ids, mask, old, reference_lp));
-            }
+                .map(|mb| Fixed {
+                    old: (cfg.mu > 1).then(|| tch::no_grad(|| mb.logprobs(&policy.model).dense)),
+                    reference: reference
+                        .as_ref()
+                        .map(|r| tch::no_grad(|| mb.logprobs(&r.model).dense)),
+                })
+                .collect();
             for inner in 0..cfg.mu {
-                for (mb, (ids, mask, old, reference_lp)) in micro.iter().zip(&fixed) {
-                    let adv_t =
-                        Tensor::from_slice(&mb.iter().map(|(_, a)| *a as f32).collect::<Vec<_>>())
-                            .to_device(device);
-                    let lp = token_logprobs(&policy.model, ids, mask);
-                    let t = mask.size()[1];
-                    let tmask = mask.narrow(1, 1, t - 1);
-                    let detached = lp.dense.detach();
-                    let terms = grpo_loss(
-                        &lp.dense,
-                        old.as_ref().unwrap_or(&detached),
-                        reference_lp.as_ref(),
-                        &adv_t,
-                        &tmask,
-                        &cfg.loss,
-                    );
-                    // Weight each micro-batch so the sum equals the aggregation over the batch.
-                    let micro_tokens = tmask
-                        .to_kind(Kind::Float)
-                        .sum(Kind::Float)
-                        .double_value(&[]);
-                    let weight = match cfg.loss.aggregation {
-                        Aggregation::TokenMean => micro_tokens / total_tokens.max(1) as f64,
-                        _ => mb.len() as f64 / batch.len() as f64,
-                    };
-                    let loss = terms.loss * weight;
-                    loss.backward();
-                    loss_sum += loss.double_value(&[]);
-                    kl += terms.kl * weight;
-                    clip += terms.clip_fraction * weight;
-                    entropy += lp.entropy * weight;
-                }
+                let stats = accumulate_gradients(&policy.model, &micro, &fixed, &cfg.loss);
+                loss_sum += stats.loss;
+                kl += stats.kl;
+                clip += stats.clip_fraction;
+                entropy += stats.entropy;
                 opt.clip_grad_norm(cfg.optim.max_grad_norm);
                 lr = lr_at(&cfg.optim, step * cfg.mu + inner, total_opt_steps);
                 opt.apply(&cfg.optim, lr);

@@ -223,3 +223,68 @@ fn masked_head_logprobs_equal_the_full_softmax() {
     let m = mask.narrow(1, 1, 5).to_kind(Kind::Float);
     assert!(max_abs_diff(&(lp.dense.detach() * &m), &(full * &m)) < 1e-5);
 }
+
+#[test]
+fn shared_prompt_logprobs_and_gradients_equal_full_rows() {
+    for family in ["qwen2", "llama"] {
+        let policy = rollout::Policy::load(&tiny_model(family), Device::Cpu, Kind::Float).unwrap();
+        let model = &policy.model;
+        let prompt = [5i64, 80, 900, 33, 7];
+        let rest = [
+            [1000i64, 4, 4, 61, 2],
+            [17, 250, 3, 0, 0],
+            [9, 9, 400, 12, 0],
+        ];
+        let rest_mask = [[1u8, 1, 0, 1, 1], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0]];
+        let ids: Vec<i64> = rest
+            .iter()
+            .flat_map(|r| prompt.iter().chain(r).copied())
+            .collect();
+        let mask: Vec<u8> = rest_mask
+            .iter()
+            .flat_map(|m| [0u8; 5].iter().chain(m).copied())
+            .collect();
+        let (ids, mask) = (
+            Tensor::from_slice(&ids).view([3, 10]),
+            Tensor::from_slice(&mask).view([3, 10]),
+        );
+        let rest_t = Tensor::from_slice(rest.as_flattened()).view([3, 5]);
+        let rest_m = Tensor::from_slice(rest_mask.as_flattened()).view([3, 5]);
+        let grads = |loss: Tensor| -> Vec<Tensor> {
+            for mut v in model.vs.trainable_variables() {
+                v.zero_grad();
+            }
+            loss.backward();
+            model
+                .vs
+                .trainable_variables()
+                .iter()
+                .map(|v| v.grad().copy())
+                .collect()
+        };
+        // A loss with different weights per position, so every gradient path matters.
+        let w = Tensor::arange(15, (Kind::Float, Device::Cpu)).view([3, 5]) / 7.0 + 0.5;
+        let full = trainer::logprobs::token_logprobs(model, &ids, &mask);
+        let full_rest = full.dense.narrow(1, 4, 5);
+        let shared = trainer::logprobs::group_token_logprobs(
+            model,
+            &Tensor::from_slice(&prompt),
+            &rest_t,
+            &rest_m,
+        );
+        assert!(max_abs_diff(&full_rest.detach(), &shared.dense.detach()) < 1e-5);
+        assert!((full.entropy - shared.entropy).abs() < 1e-5);
+        assert!(full.dense.narrow(1, 0, 4).abs().max().double_value(&[]) == 0.0);
+        let g_full = grads((&full_rest * &w).sum(Kind::Float));
+        let g_shared = grads((&shared.dense * &w).sum(Kind::Float));
+        assert!(!g_full.is_empty());
+        let mut worst = 0.0f64;
+        for (a, b) in g_full.iter().zip(&g_shared) {
+            worst = worst.max(max_abs_diff(a, b) / (1e-3 + a.abs().max().double_value(&[])));
+        }
+        assert!(
+            worst < 1e-4,
+            "{family}: relative gradient difference {worst}"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! How GRPO's scored rollouts become training micro-batches. The G samples of an episode
+//! share their prompt token for token, so by default a group trains as one micro-batch whose
+//! prompt runs forward (and backward) once (`group_token_logprobs`): the same loss and
+//! gradients as full rows at a fraction of the cost when prompts are long, as an agent's
+//! system prompt, profile and candidates are.
+
+use crate::logprobs::{group_token_logprobs, token_logprobs, TokenLogprobs};
+use crate::losses::{grpo_loss, Aggregation, GrpoLossConfig};
+use crate::sequence::TokenSequence;
+use crate::sft::pad;
+use rollout::agent::AgentRow;
+use rollout::Model;
+use tch::{Device, Kind, Tensor};
+
+pub enum TrainInput {
+    /// Full rows [B, T]; log-probs and mask are [B, T-1] (position t predicts ids[t+1]).
+    Rows { ids: Tensor, mask: Tensor },
+    /// One group continuing a shared prompt [P]; `rest`, `rest_mask` are [G, C].
+    Shared {
+        prompt: Tensor,
+        rest: Tensor,
+        rest_mask: Tensor,
+    },
+}
+
+pub struct MicroBatch {
+    pub input: TrainInput,
+    /// Advantage of each row.
+    pub advantages: Vec<f64>,
+}
+
+impl MicroBatch {
+    pub fn rows(&self) -> usize {
+        self.advantages.len()
+    }
+
+    pub fn logprobs(&self, model: &Model) -> TokenLogprobs {
+        match &self.input {
+            TrainInput::Rows { ids, mask } => token_logprobs(model, ids, mask),
+            TrainInput::Shared {
+                prompt,
+                rest,
+                rest_mask,
+            } => group_token_logprobs(model, prompt, rest, rest_mask),
+        }
+    }
+
+    /// The scored positions, aligned with `logprobs(..).dense`.
+    pub fn score_mask(&self) -> Tensor {
+        match &self.input {
+            TrainInput::Rows { mask, .. } => {
+                let t = mask.size()[1];
+                mask.narrow(1, 1, t - 1)
+            }
+            TrainInput::Shared { rest_mask, .. } => rest_mask.shallow_clone(),
+        }
+    }
+}
+
+/// Micro-batches of the rows that train: those with an advantage and a scored token. With
+/// `share_prompt`, one per group (rows of one episode are contiguous in `rows`); otherwise
+/// `micro_batch` rows each.
+pub fn micro_batches(
+    rows: &[AgentRow],
+    advantages: &[Option<f64>],
+    share_prompt: bool,
+    micro_batch: usize,
+    device: Device,
+) -> Vec<MicroBatch> {
+    let train: Vec<(&AgentRow, f64)> = rows
+        .iter()
+        .zip(advantages)
+        .filter_map(|(r, a)| a.map(|a| (r, a)))
+        .filter(|(r, _)| r.mask.contains(&1))
+        .collect();
+    let full_rows = |chunk: &[(&AgentRow, f64)]| {
+        let seqs: Vec<TokenSequence> = chunk
+            .iter()
+            .map(|(r, _)| TokenSequence {
+                ids: r.ids.clone(),
+                mask: r.mask.clone(),
+            })
+            .collect();
+        let (ids, mask) = pad(&seqs.iter().collect::<Vec<_>>(), device);
+        MicroBatch {
+            input: TrainInput::Rows { ids, mask },
+            advantages: chunk.iter().map(|(_, a)| *a).collect(),
+        }
+    };
+    if !share_prompt {
+        return train.chunks(micro_batch.max(1)).map(full_rows).collect();
+    }
+    train
+        .chunk_by(|a, b| a.0.episode == b.0.episode)
+        .map(|group| {
+            let p = group[0].0.prompt_tokens;
+            let prompt = &group[0].0.ids[..p];
+            let shareable = p > 0
+                && group.iter().all(|(r, _)| {
+                    r.ids.len() > p && &r.ids[..p] == prompt && r.mask[..p].iter().all(|&m| m == 0)
+                });
+            if !shareable {
+                return full_rows(group);
+            }
+            let c = group
+                .iter()
+                .map(|(r, _)| r.ids.len() - p)
+                .max()
+                .unwrap_or(1);
+            let mut rest = vec![0i64; group.len() * c];
+            let mut rest_mask = vec![0u8; group.len() * c];
+            for (g, (r, _)) in group.iter().enumerate() {
+                let n = r.ids.len() - p;
+                rest[g * c..g * c + n].copy_from_slice(&r.ids[p..]);
+                rest_mask[g * c..g * c + n].copy_from_slice(&r.mask[p..]);
+            }
+            let shape = [group.len() as i64, c as i64];
+            MicroBatch {
+                input: TrainInput::Shared {
+                    prompt: Tensor::from_slice(prompt).to_device(device),
+                    rest: Tensor::from_slice(&rest).view(shape).to_device(device),
+                    rest_mask: Tensor::from_slice(&rest_mask).view(shape).to_device(device),
+                },
+                advantages: group.iter().map(|(_, a)| *a).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Log-probs fixed before the inner epochs, aligned with a micro-batch's `score_mask`.
+pub struct Fixed {
+    /// The behaviour policy's (None: the current policy's, detached, as when mu = 1).
+    pub old: Option<Tensor>,
+    /// The frozen reference's, when the KL term is on.
+    pub reference: Option<Tensor>,
+}
+
+/// What one pass logs: loss, KL and clip fraction aggregated as the loss is; entropy as
+/// the mean over all scored tokens.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassStats {
+    pub loss: f64,
+    pub kl: f64,
+    pub clip_fraction: f64,
+    pub entropy: f64,
+}
+
+/// One pass over the batch: backward of the GRPO loss aggregated over all micro-batches
+/// (each weighted so the sum equals the aggregation over the whole batch), gradients left
+/// accumulated in the model.
+pub fn accumulate_gradients(
+    model: &Model,
+    micro: &[MicroBatch],
+    fixed: &[Fixed],
+    loss_cfg: &GrpoLossConfig,
+) -> PassStats {
+    let masks: Vec<Tensor> = micro.iter().map(MicroBatch::score_mask).collect();
+    let tokens = |m: &Tensor| m.sum(Kind::Int64).int64_value(&[]) as f64;
+    let total_tokens: f64 = masks.iter().map(tokens).sum();
+    let total_rows: usize = micro.iter().map(MicroBatch::rows).sum();
+    let mut stats = PassStats::default();
+    for ((mb, tmask), fx) in micro.iter().zip(&masks).zip(fixed) {
+        let device = tmask.device();
+        let adv = Tensor::from_slice(&mb.advantages.iter().map(|a| *a as f32).collect::<Vec<_>>())
+            .to_device(device);
+        let lp = mb.logprobs(model);
+        let detached = lp.dense.detach();
+        let terms = grpo_loss(
+            &lp.dense,
+            fx.old.as_ref().unwrap_or(&detached),
+            fx.reference.as_ref(),
+            &adv,
+            tmask,
+            loss_cfg,
+        );
+        let token_share = tokens(tmask) / total_tokens.max(1.0);
+        let weight = match loss_cfg.aggregation {
+            Aggregation::TokenMean => token_share,
+            _ => mb.rows() as f64 / total_rows.max(1) as f64,
+        };
+        let loss = terms.loss * weight;
+        loss.backward();
+        stats.loss += loss.double_value(&[]);
+        stats.kl += terms.kl * weight;
+        stats.clip_fraction += terms.clip_fraction * weight;
+        // Entropy is logged as the mean over the batch's tokens, whatever the aggregation.
+        stats.entropy += lp.entropy * token_share;
+    }
+    stats
+}
