@@ -15,6 +15,7 @@ use tch::{Kind, Tensor};
 pub type RowId = usize;
 
 /// A row's next token: chosen on the device (greedy), or its full log-prob row to sample from.
+#[derive(Clone)]
 enum Next {
     Chosen(i64, f32),
     Distribution(Vec<f32>),
@@ -88,6 +89,8 @@ pub struct Engine<'m> {
     pub forward_calls: usize,
     /// Keep each row's last full next-token distribution (tests and debugging).
     pub keep_distributions: bool,
+    /// Prompt tokens not run through the model because another row had the same prompt.
+    pub fed_tokens_saved: usize,
 }
 
 impl<'m> Engine<'m> {
@@ -110,6 +113,7 @@ impl<'m> Engine<'m> {
             max_context: c.max_position_embeddings as usize,
             forward_calls: 0,
             keep_distributions: false,
+            fed_tokens_saved: 0,
         }
     }
 
@@ -230,18 +234,54 @@ impl<'m> Engine<'m> {
         let (prefill, decode): (Vec<RowId>, Vec<RowId>) = running
             .iter()
             .partition(|&&i| self.rows[i].pending.len() > 1);
-        for group in [prefill, decode] {
+        // Rows that start from the same prompt with the same temperature (GRPO's G samples
+        // of an episode) prefill once; the others copy that row's cache and distribution.
+        let mut firsts: Vec<RowId> = Vec::new();
+        let mut copies: Vec<(RowId, usize)> = Vec::new();
+        for &i in &prefill {
+            let same = |&f: &RowId| {
+                let (a, b) = (&self.rows[f], &self.rows[i]);
+                a.cached == 0
+                    && b.cached == 0
+                    && a.params.effective_temperature() == b.params.effective_temperature()
+                    && a.params.is_greedy() == b.params.is_greedy()
+                    && a.pending == b.pending
+            };
+            match firsts.iter().position(same) {
+                Some(k) => copies.push((i, k)),
+                None => firsts.push(i),
+            }
+        }
+        for (group, shared) in [(firsts, copies), (decode, Vec::new())] {
             if group.is_empty() {
                 continue;
             }
             let next = self.forward_group(&group)?;
-            for (&i, next) in group.iter().zip(next) {
+            for &(i, k) in &shared {
+                self.copy_prefill(group[k], i);
+            }
+            let shared_next: Vec<(RowId, Next)> =
+                shared.iter().map(|&(i, k)| (i, next[k].clone())).collect();
+            for (i, next) in group.iter().copied().zip(next).chain(shared_next) {
                 if self.sample_into(i, next)? {
                     stopped.push(i);
                 }
             }
         }
         Ok(stopped)
+    }
+
+    /// Row `to` (same prompt as `from`, not yet fed) takes `from`'s freshly written cache.
+    fn copy_prefill(&mut self, from: RowId, to: RowId) {
+        let len = self.rows[from].cached;
+        let (src, dst) = (self.rows[from].slot, self.rows[to].slot);
+        if let (Some(src), Some(dst)) = (src, dst) {
+            self.cache.copy_slot(src as i64, dst as i64, len);
+        }
+        let r = &mut self.rows[to];
+        r.cached += r.pending.len() as i64;
+        r.pending.clear();
+        self.fed_tokens_saved += len as usize;
     }
 
     /// Gives every running row a cache slot, compacting away freed slots when many are idle.

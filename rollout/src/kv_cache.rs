@@ -94,6 +94,14 @@ impl KvCache {
 }
 
 impl KvCache {
+    /// Copies the first `len` positions of slot `from` into slot `to`.
+    pub fn copy_slot(&mut self, from: i64, to: i64, len: i64) {
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let src = t.narrow(0, from, 1).narrow(2, 0, len);
+            t.narrow(0, to, 1).narrow(2, 0, len).copy_(&src);
+        }
+    }
+
     /// Appends `n` empty slots.
     pub fn add_slots(&mut self, n: i64) {
         for t in self.keys.iter_mut().chain(self.values.iter_mut()) {

@@ -234,3 +234,42 @@ fn bad_token_ids_are_errors_not_panics() {
     let err = e.add_row(&[1, 999_999], greedy(3)).unwrap_err().to_string();
     assert!(err.contains("999999"), "{err}");
 }
+
+#[test]
+fn rows_with_one_prompt_prefill_once_and_sample_as_if_alone() {
+    let p = policy();
+    let params = |seed| SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 12,
+        seed,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompt = &prompts(&p)[1];
+    let mut e = Engine::new(&p.model, &p.tokenizer);
+    e.keep_distributions = true;
+    let rows: Vec<usize> = (0..4)
+        .map(|s| e.add_row(prompt, params(s)).unwrap())
+        .collect();
+    // A different prompt in the same step still prefills on its own.
+    let other = e.add_row(&prompts(&p)[2], params(9)).unwrap();
+    e.run().unwrap();
+    assert_eq!(e.fed_tokens_saved, 3 * prompt.len());
+    for &r in rows.iter().chain([&other]) {
+        assert_matches_recompute(&p, &e, r);
+        // Each row samples exactly what it samples alone (same seed).
+        let mut alone = Engine::new(&p.model, &p.tokenizer);
+        let ids = e.row(r).ids[..if r == other {
+            prompts(&p)[2].len()
+        } else {
+            prompt.len()
+        }]
+            .to_vec();
+        let a = alone
+            .add_row(&ids, params(if r == other { 9 } else { r as u64 }))
+            .unwrap();
+        alone.run().unwrap();
+        assert_eq!(alone.row(a).ids, e.row(r).ids, "row {r}");
+    }
+    assert_ne!(e.row(rows[0]).ids, e.row(rows[1]).ids);
+}
