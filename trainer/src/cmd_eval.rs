@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use datasets::{Split, Subset};
-use indicatif::{ProgressBar, ProgressStyle};
 use reward::{NdcgSummary, RewardConfig};
 use rollout::agent::{run_agent, AgentConfig};
 use rollout::device::{parse_device, parse_dtype};
@@ -109,11 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let per_batch = (a.batch / a.samples.max(1)).max(1);
-    let bar = ProgressBar::new((episodes.len() * a.samples) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("eval {bar:30} {pos}/{len} episodes [{elapsed}<{eta}] {msg}")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let bar = trainer::run_dir::progress_bar("eval", "episodes", episodes.len() * a.samples, 0)?;
     let (mut ranks, mut valid, mut calls, mut bad, mut generated) =
         (Vec::new(), 0usize, 0usize, 0usize, 0usize);
     let mut per_tool: BTreeMap<String, usize> = BTreeMap::new();

@@ -12,7 +12,6 @@ use crate::sft::trainable;
 use crate::trajectory::score;
 use anyhow::{bail, Result};
 use datasets::{Episode, Split};
-use indicatif::{ProgressBar, ProgressStyle};
 use reward::RewardConfig;
 use rollout::agent::{run_agent, AgentConfig};
 use rollout::device::{parse_device, parse_dtype};
@@ -129,12 +128,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         bail!("{}: no training episodes", cfg.data.display());
     }
     let total_opt_steps = cfg.steps * cfg.mu;
-    let bar = ProgressBar::new(cfg.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("grpo {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
-    bar.set_position(start as u64);
+    let bar = crate::run_dir::progress_bar("grpo", "steps", cfg.steps, start)?;
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in start..end {
         // 1. Rollouts with the current policy.

@@ -77,3 +77,21 @@ impl RunDir {
         Ok(())
     }
 }
+
+/// A progress bar `{what} [bar] pos/len {unit} [elapsed<eta] message`, starting at `pos`.
+pub fn progress_bar(
+    what: &str,
+    unit: &str,
+    len: usize,
+    pos: usize,
+) -> anyhow::Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed}}<{{eta}}] {{msg}}"
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    bar.set_position(pos as u64);
+    Ok(bar)
+}

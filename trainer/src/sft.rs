@@ -9,7 +9,6 @@ use crate::optim::{lr_at, AdamW, OptimConfig};
 use crate::run_dir::RunDir;
 use crate::sequence::{tokenize_conversation, TokenSequence};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rollout::chat::Message;
@@ -199,12 +198,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         trainable_count,
         if cfg.lora.is_some() { " (LoRA)" } else { "" }
     );
-    let bar = ProgressBar::new(cfg.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("sft {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
-    bar.set_position(start as u64);
+    let bar = crate::run_dir::progress_bar("sft", "steps", cfg.steps, start)?;
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in start..end {
         let t0 = Instant::now();

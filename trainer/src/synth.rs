@@ -8,7 +8,6 @@ use crate::teachers::scripted::Scripted;
 use crate::teachers::{Candidate, Teacher};
 use anyhow::{bail, Context, Result};
 use datasets::{Episode, Split};
-use indicatif::{ProgressBar, ProgressStyle};
 use reward::{ndcg_at_rank, parse_answer, rank_in};
 use rollout::agent::AgentConfig;
 use rollout::chat::Message;
@@ -104,11 +103,7 @@ pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
     if let Some(k) = cfg.limit_episodes {
         episodes.truncate(k);
     }
-    let bar = ProgressBar::new(episodes.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("synth {bar:30} {pos}/{len} episodes [{elapsed}<{eta}] {msg}")
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let bar = crate::run_dir::progress_bar("synth", "episodes", episodes.len(), 0)?;
     let played = teacher.conversations(&world, &reg, &episodes, &bar)?;
     bar.finish();
     if let Some(dir) = cfg.out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The longer run behind docs/results.md (MovieLens-100k, SmolLM2-135M-Instruct, CPU):
+#   SFT (configs/results/sft.toml) -> export -> GRPO (configs/results/rl.toml) -> export,
+#   evaluating the SFT model (while GRPO trains) and the SFT+GRPO model on the test split,
+#   sparse and dense, USERS users each (the baselines' 100 by default).
+# Reuses checkpoints/pipeline/{ml-100k.h5, sft.jsonl, baseline-*} from scripts/run_pipeline.sh
+# (run that first). A stage whose output exists is skipped; `sft`/`rl` also take --resume.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-target/release/recthinker}
+DATA=checkpoints/pipeline/ml-100k.h5
+OUT=checkpoints/results
+USERS=${USERS:-100}
+mkdir -p "$OUT"
+[ -x "$BIN" ] || cargo build --release -p trainer
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
+
+evaluate() { # name model
+  for subset in sparse dense; do
+    [ -f "$OUT/eval-$1-$subset.json" ] && continue
+    "$BIN" eval --data "$DATA" --model "$2" --subset $subset --limit-users "$USERS" --max-new-tokens 192 \
+      --out "$OUT/eval-$1-$subset.json" --trajectories "$OUT/eval-$1-$subset.jsonl"
+  done
+}
+
+if [ ! -d "$OUT/sft-export" ]; then
+  stamp "SFT"
+  "$BIN" sft --config configs/results/sft.toml $( [ -d "$OUT/sft/checkpoints" ] && echo --resume )
+  "$BIN" export --checkpoint "$OUT/sft" --out "$OUT/sft-export"
+fi
+stamp "GRPO from the SFT model, evaluating the SFT model alongside"
+evaluate sft "$OUT/sft-export" > "$OUT/eval-sft.log" 2>&1 &
+eval_pid=$!
+if [ ! -d "$OUT/final-export" ]; then
+  "$BIN" rl --config configs/results/rl.toml $( [ -d "$OUT/rl/checkpoints" ] && echo --resume )
+  "$BIN" export --checkpoint "$OUT/rl" --out "$OUT/final-export"
+fi
+wait $eval_pid
+stamp "evaluate the SFT+GRPO model"
+evaluate sft-grpo "$OUT/final-export"
+stamp "done"
+cp checkpoints/pipeline/baseline-*.json "$OUT/" 2>/dev/null || true
+.venv/bin/python scripts/results_table.py "$OUT"
