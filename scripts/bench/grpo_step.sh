@@ -36,6 +36,11 @@ warmup_steps = 0
 TOML
 "$BIN" rl --config "$WORK/rl.toml" 2>/dev/null
 ours=$(tail -1 "$WORK/run/metrics.jsonl")
+# The same step with each row trained in full (share_prompt = false), to show what sharing
+# the group's prompt saves.
+sed -e "s#$WORK/run#$WORK/run-full#" -e 's/^\(micro_batch = .*\)/\1\nshare_prompt = false/' "$WORK/rl.toml" > "$WORK/rl-full.toml"
+"$BIN" rl --config "$WORK/rl-full.toml" 2>/dev/null
+full=$(tail -1 "$WORK/run-full/metrics.jsonl")
 # The same kind of prompts for TRL: training episodes rendered by our prompt builder.
 "$BIN" eval --data "$DATA" --model "$MODEL" --split train --subset all --limit-users $B --no-tools \
   --max-new-tokens 1 --out "$WORK/p.json" --trajectories "$WORK/prompts.jsonl" >/dev/null 2>&1
@@ -43,11 +48,14 @@ theirs=$("$PY" scripts/bench/trl_grpo.py --model "$MODEL" --prompts "$WORK/promp
   --new-tokens $NEW --threads $THREADS --out-dir "$WORK/trl" 2>/dev/null | tail -1)
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), threads=$THREADS, B=$B G=$G new_tokens=$NEW"
 echo "ours:   $ours"
+echo "ours, full rows: $full"
 echo "theirs: $theirs"
 "$PY" -c "
 import json,sys
 o=json.loads(sys.argv[1]); t=json.loads(sys.argv[2])
 ours=o['rollout_seconds']+o['train_seconds']
+f=json.loads(sys.argv[3])
 print(f'GRPO step: recthinker {ours:.1f}s (rollout {o[\"rollout_seconds\"]:.1f}s, train {o[\"train_seconds\"]:.1f}s), TRL {t[\"step_seconds\"]:.1f}s, ratio {t[\"step_seconds\"]/ours:.2f}x')
-" "$ours" "$theirs"
+print(f'  without prompt sharing in training: train {f[\"train_seconds\"]:.1f}s, step {f[\"rollout_seconds\"]+f[\"train_seconds\"]:.1f}s')
+" "$ours" "$theirs" "$full"
 rm -rf "$WORK"
