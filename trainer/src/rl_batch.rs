@@ -6,8 +6,7 @@
 
 use crate::logprobs::{group_token_logprobs, token_logprobs, TokenLogprobs};
 use crate::losses::{grpo_loss, Aggregation, GrpoLossConfig};
-use crate::sequence::TokenSequence;
-use crate::sft::pad;
+use crate::sft::pad_rows;
 use rollout::agent::AgentRow;
 use rollout::Model;
 use tch::{Device, Kind, Tensor};
@@ -73,18 +72,16 @@ pub fn micro_batches(
         .filter_map(|(r, a)| a.map(|a| (r, a)))
         .filter(|(r, _)| r.mask.contains(&1))
         .collect();
+    let advantages = |rows: &[(&AgentRow, f64)]| rows.iter().map(|(_, a)| *a).collect();
     let full_rows = |chunk: &[(&AgentRow, f64)]| {
-        let seqs: Vec<TokenSequence> = chunk
+        let rows: Vec<(&[i64], &[u8])> = chunk
             .iter()
-            .map(|(r, _)| TokenSequence {
-                ids: r.ids.clone(),
-                mask: r.mask.clone(),
-            })
+            .map(|(r, _)| (&r.ids[..], &r.mask[..]))
             .collect();
-        let (ids, mask) = pad(&seqs.iter().collect::<Vec<_>>(), device);
+        let (ids, mask) = pad_rows(&rows, device);
         MicroBatch {
             input: TrainInput::Rows { ids, mask },
-            advantages: chunk.iter().map(|(_, a)| *a).collect(),
+            advantages: advantages(chunk),
         }
     };
     if !share_prompt {
@@ -102,26 +99,18 @@ pub fn micro_batches(
             if !shareable {
                 return full_rows(group);
             }
-            let c = group
+            let rest: Vec<(&[i64], &[u8])> = group
                 .iter()
-                .map(|(r, _)| r.ids.len() - p)
-                .max()
-                .unwrap_or(1);
-            let mut rest = vec![0i64; group.len() * c];
-            let mut rest_mask = vec![0u8; group.len() * c];
-            for (g, (r, _)) in group.iter().enumerate() {
-                let n = r.ids.len() - p;
-                rest[g * c..g * c + n].copy_from_slice(&r.ids[p..]);
-                rest_mask[g * c..g * c + n].copy_from_slice(&r.mask[p..]);
-            }
-            let shape = [group.len() as i64, c as i64];
+                .map(|(r, _)| (&r.ids[p..], &r.mask[p..]))
+                .collect();
+            let (rest, rest_mask) = pad_rows(&rest, device);
             MicroBatch {
                 input: TrainInput::Shared {
                     prompt: Tensor::from_slice(prompt).to_device(device),
-                    rest: Tensor::from_slice(&rest).view(shape).to_device(device),
-                    rest_mask: Tensor::from_slice(&rest_mask).view(shape).to_device(device),
+                    rest,
+                    rest_mask,
                 },
-                advantages: group.iter().map(|(_, a)| *a).collect(),
+                advantages: advantages(group),
             }
         })
         .collect()

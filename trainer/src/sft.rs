@@ -122,14 +122,20 @@ pub fn batch_indices(n: usize, seed: u64, step: usize, batch: usize) -> Vec<usiz
 
 /// Right-padded [B, T] ids and [B, T] mask tensors.
 pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
-    let t = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
-    let mut ids = vec![0i64; seqs.len() * t];
-    let mut mask = vec![0u8; seqs.len() * t];
-    for (b, s) in seqs.iter().enumerate() {
-        ids[b * t..b * t + s.ids.len()].copy_from_slice(&s.ids);
-        mask[b * t..b * t + s.mask.len()].copy_from_slice(&s.mask);
+    let rows: Vec<(&[i64], &[u8])> = seqs.iter().map(|s| (&s.ids[..], &s.mask[..])).collect();
+    pad_rows(&rows, device)
+}
+
+/// Right-pads (ids, mask) rows with 0 into [rows, longest] tensors.
+pub fn pad_rows(rows: &[(&[i64], &[u8])], device: tch::Device) -> (Tensor, Tensor) {
+    let t = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1);
+    let mut ids = vec![0i64; rows.len() * t];
+    let mut mask = vec![0u8; rows.len() * t];
+    for (b, (row_ids, row_mask)) in rows.iter().enumerate() {
+        ids[b * t..b * t + row_ids.len()].copy_from_slice(row_ids);
+        mask[b * t..b * t + row_mask.len()].copy_from_slice(row_mask);
     }
-    let shape = [seqs.len() as i64, t as i64];
+    let shape = [rows.len() as i64, t as i64];
     (
         Tensor::from_slice(&ids).view(shape).to_device(device),
         Tensor::from_slice(&mask).view(shape).to_device(device),

@@ -305,11 +305,7 @@ impl OpenAiTeacher {
                     let obs = reg.call_text(world, &view, &raw);
                     calls += 1;
                     bad += usize::from(!obs.ok);
-                    let upto = content
-                        .find("</tool_call>")
-                        .map(|p| p + "</tool_call>".len())
-                        .unwrap_or(content.len());
-                    let turn = normalized(&content[..upto], "<tool_call>");
+                    let turn = normalized(content, "tool_call");
                     let response = format!("<tool_response>\n{}\n</tool_response>", obs.text);
                     api.push(json!({"role": "assistant", "content": turn}));
                     api.push(json!({"role": "user", "content": response}));
@@ -317,11 +313,7 @@ impl OpenAiTeacher {
                     transcript.push(Message::tool(response));
                 }
                 TurnAction::End(EndReason::Answer) => {
-                    let upto = content
-                        .find("</answer>")
-                        .map(|p| p + "</answer>".len())
-                        .unwrap_or(content.len());
-                    transcript.push(Message::assistant(normalized(&content[..upto], "<answer>")));
+                    transcript.push(Message::assistant(normalized(content, "answer")));
                     break;
                 }
                 TurnAction::End(_) => {
@@ -366,9 +358,12 @@ fn strip_think(s: &str) -> String {
         .to_string()
 }
 
-/// A text-protocol turn ending in `tag`'s block, with the reasoning before it in `<think>`.
-fn normalized(turn: &str, tag: &str) -> String {
-    match turn.find(tag) {
+/// A text-protocol turn cut after its `<block>...</block>`, with the reasoning before the
+/// block in `<think>`.
+fn normalized(turn: &str, block: &str) -> String {
+    let close = format!("</{block}>");
+    let turn = turn.find(&close).map_or(turn, |p| &turn[..p + close.len()]);
+    match turn.find(&format!("<{block}>")) {
         Some(p) => turn_text(&turn[..p], turn[p..].trim()),
         None => turn.trim().to_string(),
     }
