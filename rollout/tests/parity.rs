@@ -20,7 +20,8 @@ fn read_tensor(path: &Path, name: &str) -> Tensor {
 }
 
 fn logits_parity(model_dir: &Path, prompt: &str, tol: f64) {
-    let out = scratch("logits").join("ref.safetensors");
+    let tmp = scratch("logits");
+    let out = tmp.join("ref.safetensors");
     hf_ref(&[
         "logits",
         model_dir.to_str().unwrap(),
@@ -70,7 +71,8 @@ fn smollm2_logits_and_greedy_match_transformers() {
         "Write a short story about a robot who learns to paint.",
         "Explain how a movie recommendation system works.",
     ];
-    let out = scratch("greedy").join("greedy.json");
+    let tmp = scratch("greedy");
+    let out = tmp.join("greedy.json");
     let mut args = vec!["greedy", dir.to_str().unwrap(), "32", out.to_str().unwrap()];
     args.extend(prompts);
     hf_ref(&args);
@@ -168,7 +170,8 @@ const QWEN_STYLE_TEMPLATE: &str = r#"{%- if messages[0]['role'] == 'system' %}
 #[test]
 fn qwen_style_chat_template_matches_transformers() {
     let src = tiny_model("qwen2");
-    let dir = scratch("qwen-template").join("model");
+    let tmp = scratch("qwen-template");
+    let dir = tmp.join("model");
     std::fs::create_dir_all(&dir).unwrap();
     for f in [
         "config.json",

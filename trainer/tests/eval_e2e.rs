@@ -1,7 +1,11 @@
 //! `recthinker eval` end to end: real MovieLens-100k, SmolLM2-135M-Instruct, short limits.
 
-use std::path::{Path, PathBuf};
+#[path = "../../rollout/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
 use std::process::Command;
+use support::scratch;
 
 fn recthinker(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_recthinker"))
@@ -16,18 +20,9 @@ fn recthinker(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn scratch() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join(format!("target/test-scratch/eval-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn eval_runs_scores_and_saves_recomputable_trajectories() {
-    let dir = scratch();
+    let dir = scratch("eval");
     let data = dir.join("ml.h5");
     recthinker(&[
         "data",

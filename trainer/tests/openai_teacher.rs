@@ -129,7 +129,7 @@ fn agent_reply(req: &Seen) -> String {
 fn data() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
-        let out = scratch("openai-teacher").join("ml.h5");
+        let out = scratch("openai-teacher").keep().join("ml.h5");
         let o = recthinker(
             &[
                 "data",

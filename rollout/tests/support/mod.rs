@@ -39,8 +39,42 @@ pub fn hf_ref(args: &[&str]) {
     );
 }
 
-/// A fresh scratch directory under target/, unique per call (tests run in parallel).
-pub fn scratch(name: &str) -> PathBuf {
+/// A fresh scratch directory under target/test-scratch, unique per call (tests run in
+/// parallel). Dropping it removes it unless the test is panicking: a failure keeps its files to
+/// look at, a green run leaves nothing behind (checkpoints here are up to 230 MB each).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Keeps the directory past the guard, for data shared by several tests.
+    pub fn keep(self) -> PathBuf {
+        let dir = self.0.clone();
+        std::mem::forget(self);
+        dir
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn scratch(name: &str) -> Scratch {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let dir = repo_root()
@@ -48,7 +82,7 @@ pub fn scratch(name: &str) -> PathBuf {
         .join(format!("{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating scratch dir");
-    dir
+    Scratch(dir)
 }
 
 /// A tiny random HF model of `family` (qwen2: q/k/v bias, untied head, GQA; llama: tied,
