@@ -5,11 +5,11 @@ mod support;
 use rollout::weights::save_safetensors;
 use rollout::Model;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use support::*;
 use tch::{Device, Kind, Tensor};
 
-fn copy_model(src: &Path, name: &str) -> PathBuf {
+fn copy_model(src: &Path, name: &str) -> Scratch {
     let dir = scratch(name);
     for f in [
         "config.json",

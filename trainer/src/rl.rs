@@ -191,7 +191,12 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         // 3. The batch: rows of groups with signal, as micro-batches.
         let micro = micro_batches(&rows, &adv, cfg.share_prompt, cfg.micro_batch, device);
         let batch_rows: usize = micro.iter().map(MicroBatch::rows).sum();
-        line["groups_kept"] = serde_json::json!(batch_rows / cfg.group_size.max(1));
+        // Groups with signal (zero-variance ones have no advantage), and the rows trained on.
+        line["groups_kept"] = serde_json::json!(adv
+            .chunks(cfg.group_size.max(1))
+            .filter(|g| g.iter().any(Option::is_some))
+            .count());
+        line["rows_trained"] = serde_json::json!(batch_rows);
         let t_train = Instant::now();
         let (mut kl, mut clip, mut entropy, mut loss_sum, mut lr) = (0.0, 0.0, 0.0, 0.0, 0.0);
         if batch_rows > 0 {

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use support::scratch;
+use support::{prepare_ml100k, scratch};
 
 fn recthinker(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_recthinker"))
@@ -24,16 +24,7 @@ fn recthinker(args: &[&str]) -> String {
 fn eval_runs_scores_and_saves_recomputable_trajectories() {
     let dir = scratch("eval");
     let data = dir.join("ml.h5");
-    recthinker(&[
-        "data",
-        "prepare",
-        "--out",
-        data.to_str().unwrap(),
-        "--sasrec-epochs",
-        "1",
-        "--bpr-epochs",
-        "1",
-    ]);
+    prepare_ml100k(env!("CARGO_BIN_EXE_recthinker"), &data);
     let model = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use support::scratch;
+use support::{prepare_ml100k, scratch};
 
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
@@ -130,20 +130,7 @@ fn data() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
         let out = scratch("openai-teacher").keep().join("ml.h5");
-        let o = recthinker(
-            &[
-                "data",
-                "prepare",
-                "--out",
-                out.to_str().unwrap(),
-                "--sasrec-epochs",
-                "1",
-                "--bpr-epochs",
-                "1",
-            ],
-            &[],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        prepare_ml100k(env!("CARGO_BIN_EXE_recthinker"), &out);
         out
     })
 }

@@ -23,16 +23,7 @@ fn ok(args: &[&str]) {
 fn rl_runs_logs_checkpoints_and_resumes() {
     let dir = scratch("rl");
     let data = dir.join("ml.h5");
-    ok(&[
-        "data",
-        "prepare",
-        "--out",
-        data.to_str().unwrap(),
-        "--sasrec-epochs",
-        "1",
-        "--bpr-epochs",
-        "1",
-    ]);
+    prepare_ml100k(env!("CARGO_BIN_EXE_recthinker"), &data);
     let cfg = dir.join("rl.toml");
     std::fs::write(
         &cfg,

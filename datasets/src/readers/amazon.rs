@@ -78,6 +78,47 @@ fn text_of(v: Option<&Value>) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(" "))
 }
 
+/// Where a review line keeps its fields: the two releases name them differently.
+struct ReviewFields {
+    user: &'static str,
+    item: &'static str,
+    rating: &'static str,
+    timestamp: &'static str,
+    /// Timestamp units per second (2023 writes milliseconds).
+    per_second: f64,
+}
+
+const REVIEWS_2018: ReviewFields = ReviewFields {
+    user: "reviewerID",
+    item: "asin",
+    rating: "overall",
+    timestamp: "unixReviewTime",
+    per_second: 1.0,
+};
+
+/// Items are keyed by `parent_asin`, as the 2023 benchmarks do.
+const REVIEWS_2023: ReviewFields = ReviewFields {
+    user: "user_id",
+    item: "parent_asin",
+    rating: "rating",
+    timestamp: "timestamp",
+    per_second: 1000.0,
+};
+
+fn read_reviews(path: &Path, f: &ReviewFields) -> Result<Vec<Interaction>> {
+    json_lines(path)?
+        .into_iter()
+        .map(|(line, v)| {
+            Ok(Interaction {
+                user: req_str(&v, f.user, path, line)?,
+                item: req_str(&v, f.item, path, line)?,
+                rating: req_f64(&v, f.rating, path, line)? as f32,
+                timestamp: (req_f64(&v, f.timestamp, path, line)? / f.per_second) as i64,
+            })
+        })
+        .collect()
+}
+
 /// `dir` holds one reviews file (`*.json`, e.g. `CDs_and_Vinyl_5.json`) and optionally one
 /// `meta_*.json`.
 pub fn read_2018(dir: &Path) -> Result<RawDataset> {
@@ -88,14 +129,7 @@ pub fn read_2018(dir: &Path) -> Result<RawDataset> {
         name: "amazon2018".into(),
         ..Default::default()
     };
-    for (line, v) in json_lines(&reviews)? {
-        ds.interactions.push(Interaction {
-            user: req_str(&v, "reviewerID", &reviews, line)?,
-            item: req_str(&v, "asin", &reviews, line)?,
-            rating: req_f64(&v, "overall", &reviews, line)? as f32,
-            timestamp: req_f64(&v, "unixReviewTime", &reviews, line)? as i64,
-        });
-    }
+    ds.interactions = read_reviews(&reviews, &REVIEWS_2018)?;
     if let Ok(meta) = find_file(dir, "meta", |n| {
         n.starts_with("meta_") && n.ends_with(".json")
     }) {
@@ -140,14 +174,7 @@ pub fn read_2023(dir: &Path) -> Result<RawDataset> {
         name: "amazon2023".into(),
         ..Default::default()
     };
-    for (line, v) in json_lines(&reviews)? {
-        ds.interactions.push(Interaction {
-            user: req_str(&v, "user_id", &reviews, line)?,
-            item: req_str(&v, "parent_asin", &reviews, line)?,
-            rating: req_f64(&v, "rating", &reviews, line)? as f32,
-            timestamp: (req_f64(&v, "timestamp", &reviews, line)? / 1000.0) as i64,
-        });
-    }
+    ds.interactions = read_reviews(&reviews, &REVIEWS_2023)?;
     if let Ok(meta) = find_file(dir, "meta", |n| {
         n.starts_with("meta_") && n.ends_with(".jsonl")
     }) {

@@ -85,6 +85,23 @@ pub fn scratch(name: &str) -> Scratch {
     Scratch(dir)
 }
 
+/// `recthinker data prepare` of MovieLens-100k into `out` with one-epoch CF models: the tests
+/// need the real files and tools, not good models. `bin` is the calling test crate's
+/// `env!("CARGO_BIN_EXE_recthinker")` (only trainer tests have the binary).
+pub fn prepare_ml100k(bin: &str, out: &Path) {
+    let o = Command::new(bin)
+        .args(["data", "prepare", "--out"])
+        .arg(out)
+        .args(["--sasrec-epochs", "1", "--bpr-epochs", "1"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+    assert!(
+        o.status.success(),
+        "data prepare: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// A tiny random HF model of `family` (qwen2: q/k/v bias, untied head, GQA; llama: tied,
 /// GQA), made once per checkout by transformers and shared by all tests.
 pub fn tiny_model(family: &str) -> PathBuf {
