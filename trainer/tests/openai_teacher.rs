@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use support::{prepare_ml100k, scratch};
+use support::{prepare_ml100k, scratch, Scratch};
 
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
@@ -149,7 +149,7 @@ fn synth(
     server: &Server,
     openai_extra: &str,
     env: &[(&str, &str)],
-) -> (Output, PathBuf) {
+) -> (Output, PathBuf, Scratch) {
     let dir = scratch("openai-teacher");
     let out = dir.join(format!("{name}.jsonl"));
     let cfg = dir.join(format!("{name}.toml"));
@@ -166,6 +166,7 @@ fn synth(
     (
         recthinker(&["synth", "--config", cfg.to_str().unwrap()], env),
         out,
+        dir, // the caller reads `out`: the directory lives as long as this guard
     )
 }
 
@@ -187,7 +188,7 @@ fn native_tool_calls_become_protocol_turns() {
             (200, agent_reply(req), 0)
         }
     });
-    let (o, out) = synth("native", &server, "", &[("RT_TEST_KEY", "sk-test-123")]);
+    let (o, out, _dir) = synth("native", &server, "", &[("RT_TEST_KEY", "sk-test-123")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let kept = lines(&out);
     assert_eq!(kept.len(), 2);
@@ -288,7 +289,7 @@ fn request_failures_give_clear_errors() {
             0,
         )
     });
-    let (o, _) = synth(
+    let (o, ..) = synth(
         "unauthorized",
         &server,
         "concurrency = 1\n",
@@ -309,7 +310,7 @@ fn request_failures_give_clear_errors() {
 
     // A server slower than timeout_s: retried, then every episode fails.
     let slow = serve(|_, req| (200, agent_reply(req), 3000));
-    let (o, _) = synth(
+    let (o, ..) = synth(
         "slow",
         &slow,
         "timeout_s = 0.3\nmax_retries = 1\nconcurrency = 2\n",
@@ -324,7 +325,7 @@ fn request_failures_give_clear_errors() {
     assert_eq!(slow.seen.lock().unwrap().len(), 4);
 
     // The key variable is not set.
-    let (o, _) = synth("nokey", &server, "", &[]);
+    let (o, ..) = synth("nokey", &server, "", &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
