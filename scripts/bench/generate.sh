@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Decode tokens/s of recthinker's engine vs transformers `generate` on SmolLM2-135M-Instruct,
-# batch 1 and batch 16, same prompts, greedy, same thread count, in one run.
+# batch 1 and batch 16, same prompts, greedy, same thread count (one per core;
+# RECTHINKER_THREADS to change), in one run.
 # Usage: scripts/bench/generate.sh [--device cpu|cuda] [--dtype f32|bf16] [--new-tokens N]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DEVICE=cpu DTYPE=f32 NEW=64 THREADS=${RECTHINKER_THREADS:-1}
+DEVICE=cpu DTYPE=f32 NEW=64 THREADS=${RECTHINKER_THREADS:-$(nproc)}
 while [ $# -gt 0 ]; do
   case $1 in
     --device) DEVICE=$2; shift 2;; --dtype) DTYPE=$2; shift 2;; --new-tokens) NEW=$2; shift 2;;

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One GRPO step of recthinker vs TRL's GRPOTrainer on SmolLM2-135M-Instruct: same model
 # (full fine-tuning), B=2 prompts x G=4 samples, 64 new tokens, temperature 1, single-turn
-# ranking prompts (no tools: TRL has no tool loop), 1 thread each, in one run. Reports the
-# second step of each (the first includes warm-up) and our rollout/train split.
+# ranking prompts (no tools: TRL has no tool loop), one thread per core each
+# (RECTHINKER_THREADS to change), in one run. Reports the second step of each (the first
+# includes warm-up) and our rollout/train split.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-B=${B:-2} G=${G:-4} NEW=${NEW:-64} THREADS=${RECTHINKER_THREADS:-1}
+B=${B:-2} G=${G:-4} NEW=${NEW:-64} THREADS=${RECTHINKER_THREADS:-$(nproc)}
 BIN=target/release/recthinker
 PY=.venv/bin/python
 MODEL=checkpoints/base/SmolLM2-135M-Instruct
