@@ -18,16 +18,20 @@ pub fn init() {
         unsafe {
             libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
         }
-        // One intra-op thread per available core (as PyTorch does). Measured on 2 cores: an
-        // SFT step 1.85x faster with 2 threads than with 1 (same losses), batch-16 decoding
-        // 1.7x. Several processes (or parallel tests) sharing few cores oversubscribe them:
-        // set RECTHINKER_THREADS (the test suite sets 1 in .cargo/config.toml).
-        let threads = std::env::var("RECTHINKER_THREADS")
-            .ok()
-            .and_then(|s| s.parse::<i32>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+        let threads = threads();
         tch::set_num_threads(threads);
         tch::set_num_interop_threads(1);
     });
+}
+
+/// libtorch's intra-op threads: RECTHINKER_THREADS, else one per available core (as PyTorch
+/// does). Measured on 2 cores: an SFT step 1.85x faster with 2 threads than with 1 (same
+/// losses), batch-16 decoding ~1.3x. Several processes (or parallel tests) sharing few cores
+/// oversubscribe them: set RECTHINKER_THREADS (the test suite sets 1 in .cargo/config.toml).
+pub fn threads() -> i32 {
+    std::env::var("RECTHINKER_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
 }

@@ -11,6 +11,31 @@ mod cmd_train;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// Restarts this program with a short OpenMP spin (GOMP_SPINCOUNT=3000) when libtorch will run
+/// several threads and the user set neither that nor OMP_WAIT_POLICY. libgomp (libtorch's
+/// OpenMP) reads both once, as it loads, before `main`: changing them takes a fresh start
+/// (~0.15 s). Its default spin (300,000) made two 2-thread jobs on 2 cores 3.3x slower than
+/// one thread each; at 3,000 they ran as fast as one thread each, and one job alone decoded as
+/// fast as with the default (passive waiting cost 20% there). docs/benchmarks.md.
+#[cfg(target_os = "linux")]
+fn restart_with_short_openmp_spin() {
+    use std::os::unix::process::CommandExt;
+    let chosen = ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if chosen || tools::torch_env::threads() <= 1 {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    // `exec` returns only if it failed (no /proc, say): then go on with libgomp's default.
+    let _failed = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env("GOMP_SPINCOUNT", "3000")
+        .exec();
+}
+
 #[derive(Parser)]
 #[command(
     name = "recthinker",
@@ -19,7 +44,8 @@ use clap::{Parser, Subcommand};
     long_about = "Train and evaluate tool-using LLM recommendation agents (RecThinker) on libtorch.\n\n\
 Models are HF Llama / Qwen2 directories (config.json, safetensors, tokenizer.json). \
 The default base model is created by scripts/setup.sh under checkpoints/base/.\n\
-Threads: RECTHINKER_THREADS (default 1, measured fastest on small CPUs)."
+Threads: RECTHINKER_THREADS (default: one per available core; when several jobs share the \
+cores, give each its share)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -58,6 +84,8 @@ enum Command {
 }
 
 fn main() {
+    #[cfg(target_os = "linux")]
+    restart_with_short_openmp_spin();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Generate(a) => cmd_generate::run(a),
