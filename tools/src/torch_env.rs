@@ -18,8 +18,7 @@ pub fn init() {
         unsafe {
             libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
         }
-        let threads = threads();
-        tch::set_num_threads(threads);
+        tch::set_num_threads(threads());
         tch::set_num_interop_threads(1);
     });
 }
