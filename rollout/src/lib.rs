@@ -1,21 +1,14 @@
-//! The policy side of recthinker: the HF Llama/Qwen2 model on libtorch, its tokenizer and
-//! chat template, and the KV-cache batched generation engine that rollouts run on.
+//! The rollout worker of recthinker: the agent loop that runs recommendation episodes on the
+//! `lm` crate's generation engine against the tool suite. Many episodes x G samples run as
+//! rows of one engine; each row is a small state machine (generate a turn -> answer, or call a
+//! tool and continue with its result as forced tokens) until an answer or a limit.
 
-pub mod agent;
-pub mod chat;
-pub mod config;
-pub mod device;
-pub mod engine;
-pub mod fsutil;
-pub mod kv_cache;
-pub mod lora;
-pub mod model;
-pub mod policy;
-pub mod rope;
-pub mod sampling;
-pub mod tokenizer;
-pub mod weights;
+pub mod episode;
+pub mod generator;
+pub mod prompt;
+pub mod run;
+pub mod scripted;
 
-pub use config::ModelConfig;
-pub use model::Model;
-pub use policy::Policy;
+pub use episode::{AgentRow, CallRecord, EndReason};
+pub use generator::{Generator, TurnEnd};
+pub use run::{run_agent, AgentConfig};

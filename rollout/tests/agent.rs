@@ -1,13 +1,13 @@
 //! The agent loop fed scripted garbage in place of model output, on real MovieLens-100k:
 //! every episode ends with a clear outcome at bounded cost, and the token record stays sound.
 
-mod support;
+use testkit as support;
 
 use datasets::{prepare, read_raw, PrepareConfig, Split, Subset};
-use rollout::agent::scripted::Scripted;
-use rollout::agent::{run_agent, AgentConfig, AgentRow, EndReason};
-use rollout::chat::ChatTemplate;
-use rollout::tokenizer::Tokenizer;
+use lm::chat::ChatTemplate;
+use lm::tokenizer::Tokenizer;
+use rollout::scripted::Scripted;
+use rollout::{run_agent, AgentConfig, AgentRow, EndReason};
 use support::*;
 use tools::models::{CfModels, TrainOptions};
 use tools::world::train_sequences;

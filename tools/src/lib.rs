@@ -5,7 +5,6 @@ pub mod baselines;
 pub mod models;
 pub mod registry;
 pub mod suite;
-pub mod torch_env;
 pub mod world;
 
 pub use registry::{Observation, Registry, ToolCall};

@@ -5,9 +5,9 @@
 
 use crate::optim::AdamW;
 use anyhow::{bail, Context, Result};
-use rollout::fsutil::write_atomic;
-use rollout::weights::save_safetensors;
-use rollout::Model;
+use lm::fsutil::write_atomic;
+use lm::weights::save_safetensors;
+use lm::Model;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;

@@ -4,11 +4,11 @@
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use datasets::{Split, Subset};
+use lm::device::{parse_device, parse_dtype};
+use lm::engine::Engine;
+use lm::Policy;
 use reward::{NdcgSummary, RewardConfig};
-use rollout::agent::{run_agent, AgentConfig};
-use rollout::device::{parse_device, parse_dtype};
-use rollout::engine::Engine;
-use rollout::Policy;
+use rollout::{run_agent, AgentConfig};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -180,7 +180,7 @@ pub fn run(a: Args) -> Result<()> {
         "subset": a.subset, "split": a.split, "samples": a.samples, "tools": !a.no_tools,
         "config": cfg,
     });
-    rollout::fsutil::write_atomic(&a.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    lm::fsutil::write_atomic(&a.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     println!(
         "{} {} ({} episodes): NDCG@1 {:.4}  NDCG@5 {:.4}  NDCG@10 {:.4}  valid {:.2}  tool calls/episode {:.2}  bad calls {}",
         a.subset, a.split, ranks.len(), s.ndcg1, s.ndcg5, s.ndcg10, valid as f64 / n, calls as f64 / n, bad

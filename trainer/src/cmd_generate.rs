@@ -2,11 +2,11 @@
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use rollout::chat::Message;
-use rollout::device::{parse_device, parse_dtype};
-use rollout::engine::Engine;
-use rollout::sampling::SamplingParams;
-use rollout::Policy;
+use lm::chat::Message;
+use lm::device::{parse_device, parse_dtype};
+use lm::engine::Engine;
+use lm::sampling::SamplingParams;
+use lm::Policy;
 use std::io::Write;
 use std::path::PathBuf;
 

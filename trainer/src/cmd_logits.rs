@@ -2,9 +2,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use rollout::device::{parse_device, parse_dtype};
-use rollout::weights::save_safetensors;
-use rollout::Policy;
+use lm::device::{parse_device, parse_dtype};
+use lm::weights::save_safetensors;
+use lm::Policy;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};

@@ -87,7 +87,7 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     if let Some(out) = a.out {
         let v = serde_json::json!({"ndcg@1": s.ndcg1, "ndcg@5": s.ndcg5, "ndcg@10": s.ndcg10, "users": ranks.len(),
             "method": method.name(), "subset": a.subset, "split": a.split, "seed": a.seed});
-        rollout::fsutil::write_atomic(&out, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        lm::fsutil::write_atomic(&out, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
     Ok(())
 }

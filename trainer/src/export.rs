@@ -3,9 +3,9 @@
 
 use crate::checkpoint;
 use anyhow::{Context, Result};
-use rollout::lora::LoraConfig;
-use rollout::weights::save_safetensors;
-use rollout::Policy;
+use lm::lora::LoraConfig;
+use lm::weights::save_safetensors;
+use lm::Policy;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -55,7 +55,7 @@ pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
         o.remove("quantization_config");
         o.remove("torch_dtype");
     }
-    rollout::fsutil::write_atomic(
+    lm::fsutil::write_atomic(
         &tmp.join("config.json"),
         serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
@@ -72,7 +72,7 @@ pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
     }
     if !tmp.join("generation_config.json").exists() {
         let g = serde_json::json!({"eos_token_id": policy.tokenizer.eos_ids, "bos_token_id": policy.model.config.bos_token_id});
-        rollout::fsutil::write_atomic(
+        lm::fsutil::write_atomic(
             &tmp.join("generation_config.json"),
             g.to_string().as_bytes(),
         )?;

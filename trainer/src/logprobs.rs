@@ -2,8 +2,8 @@
 //! positions (the head over a 49k vocabulary is a fifth of a small model's FLOPs per token,
 //! and most positions of an agent conversation are prompt or tool output).
 
-use rollout::model::AttnContext;
-use rollout::Model;
+use lm::model::AttnContext;
+use lm::Model;
 use tch::{Kind, Tensor};
 
 pub struct TokenLogprobs {

@@ -23,7 +23,7 @@ fn restart_with_short_openmp_spin() {
     let chosen = ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"]
         .iter()
         .any(|v| std::env::var_os(v).is_some());
-    if chosen || tools::torch_env::threads() <= 1 {
+    if chosen || lm::torch_env::threads() <= 1 {
         return;
     }
     let mut args = std::env::args_os();

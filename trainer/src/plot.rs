@@ -91,7 +91,7 @@ impl Canvas {
             let mut w = enc.write_header()?;
             w.write_image_data(&self.px.concat())?;
         }
-        rollout::fsutil::write_atomic(path, &bytes)
+        lm::fsutil::write_atomic(path, &bytes)
     }
 }
 

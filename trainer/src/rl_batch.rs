@@ -7,8 +7,8 @@
 use crate::logprobs::{group_token_logprobs, token_logprobs, TokenLogprobs};
 use crate::losses::{grpo_loss, Aggregation, GrpoLossConfig};
 use crate::sft::pad_rows;
-use rollout::agent::AgentRow;
-use rollout::Model;
+use lm::Model;
+use rollout::AgentRow;
 use tch::{Device, Kind, Tensor};
 
 pub enum TrainInput {

@@ -11,7 +11,7 @@ pub struct RunDir {
 impl RunDir {
     pub fn create(root: &Path, resolved_config: &serde_json::Value) -> Result<Self> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        rollout::fsutil::write_atomic(
+        lm::fsutil::write_atomic(
             &root.join("config.json"),
             serde_json::to_string_pretty(resolved_config)?.as_bytes(),
         )?;
@@ -48,7 +48,7 @@ impl RunDir {
         if !body.is_empty() {
             body.push('\n');
         }
-        rollout::fsutil::write_atomic(&p, body.as_bytes())
+        lm::fsutil::write_atomic(&p, body.as_bytes())
     }
 
     pub fn log(&self, line: &serde_json::Value) -> Result<()> {
@@ -67,7 +67,7 @@ impl RunDir {
     pub fn checkpoint(
         &self,
         step: usize,
-        model: &rollout::Model,
+        model: &lm::Model,
         opt: &crate::optim::AdamW,
         state: &serde_json::Value,
         keep: usize,

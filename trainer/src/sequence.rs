@@ -3,9 +3,9 @@
 //! context with mask 0; assistant turns and the final end-of-turn token have mask 1).
 
 use anyhow::{bail, Context, Result};
-use rollout::agent::run::tool_suffix;
-use rollout::chat::{ChatTemplate, Message};
-use rollout::tokenizer::Tokenizer;
+use lm::chat::{ChatTemplate, Message};
+use lm::tokenizer::Tokenizer;
+use rollout::run::tool_suffix;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenSequence {

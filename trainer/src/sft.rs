@@ -9,12 +9,12 @@ use crate::optim::{lr_at, AdamW, OptimConfig};
 use crate::run_dir::RunDir;
 use crate::sequence::{tokenize_conversation, TokenSequence};
 use anyhow::{bail, Context, Result};
+use lm::chat::Message;
+use lm::device::{parse_device, parse_dtype};
+use lm::lora::LoraConfig;
+use lm::{Model, Policy};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use rollout::chat::Message;
-use rollout::device::{parse_device, parse_dtype};
-use rollout::lora::LoraConfig;
-use rollout::{Model, Policy};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -57,7 +57,7 @@ pub struct SftConfig {
     #[serde(default = "crate::config::defaults::eight")]
     pub eval_users: usize,
     #[serde(default)]
-    pub eval_agent: rollout::agent::AgentConfig,
+    pub eval_agent: rollout::AgentConfig,
     /// Present: train LoRA adapters instead of all weights.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
@@ -147,7 +147,7 @@ pub fn validate(
     policy: &Policy,
     world: &tools::World,
     users: usize,
-    agent: &rollout::agent::AgentConfig,
+    agent: &rollout::AgentConfig,
 ) -> Result<(f64, f64)> {
     let eps: Vec<&datasets::Episode> = world
         .data
@@ -156,9 +156,9 @@ pub fn validate(
         .take(users)
         .collect();
     let registry = tools::suite::standard(agent.tool_max_chars);
-    let mut engine = rollout::engine::Engine::new(&policy.model, &policy.tokenizer);
+    let mut engine = lm::engine::Engine::new(&policy.model, &policy.tokenizer);
     engine.max_context = agent.max_context;
-    let rows = rollout::agent::run_agent(
+    let rows = rollout::run_agent(
         &mut engine,
         &policy.tokenizer,
         &policy.chat,

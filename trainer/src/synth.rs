@@ -8,9 +8,9 @@ use crate::teachers::scripted::Scripted;
 use crate::teachers::{Candidate, Teacher};
 use anyhow::{bail, Context, Result};
 use datasets::{Episode, Split};
+use lm::chat::Message;
 use reward::{ndcg_at_rank, parse_answer, rank_in};
-use rollout::agent::AgentConfig;
-use rollout::chat::Message;
+use rollout::AgentConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::io::Write;
@@ -127,7 +127,7 @@ pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
     std::fs::rename(&tmp, &cfg.out)?;
     let mut summary = summary(&kept, episodes.len());
     summary["failed_episodes"] = json!(played.failed_episodes);
-    rollout::fsutil::write_atomic(
+    lm::fsutil::write_atomic(
         &cfg.out.with_extension("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;

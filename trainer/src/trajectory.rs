@@ -2,7 +2,7 @@
 
 use datasets::{Episode, Prepared};
 use reward::{parse_answer, rank_in, reward, Outcome, RewardConfig, RewardParts};
-use rollout::agent::{AgentRow, EndReason};
+use rollout::{AgentRow, EndReason};
 use serde_json::{json, Value};
 
 /// A row with its verdict: validity, rank and reward.

@@ -1,7 +1,6 @@
 //! The `recthinker` binary end to end.
 
-#[path = "../../rollout/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use std::process::Command;
 use support::*;

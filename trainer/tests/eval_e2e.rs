@@ -1,7 +1,6 @@
 //! `recthinker eval` end to end: real MovieLens-100k, SmolLM2-135M-Instruct, short limits.
 
-#[path = "../../rollout/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,10 +2,9 @@
 //! statistics and gradients as full rows, for every aggregation, with old-policy and
 //! reference log-probs in play.
 
-#[path = "../../rollout/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
-use rollout::agent::AgentRow;
+use rollout::AgentRow;
 use support::*;
 use tch::{Device, Kind, Tensor};
 use trainer::losses::{Aggregation, GrpoLossConfig};
@@ -32,7 +31,7 @@ fn row(episode: usize, prompt: &[i64], rest: &[i64], rest_mask: &[u8]) -> AgentR
 }
 
 fn pass(
-    model: &rollout::Model,
+    model: &lm::Model,
     rows: &[AgentRow],
     adv: &[Option<f64>],
     share: bool,
@@ -67,7 +66,7 @@ fn pass(
 
 #[test]
 fn shared_prompt_batches_train_like_full_rows() {
-    let policy = rollout::Policy::load(&tiny_model("qwen2"), Device::Cpu, Kind::Float).unwrap();
+    let policy = lm::Policy::load(&tiny_model("qwen2"), Device::Cpu, Kind::Float).unwrap();
     let model = &policy.model;
     let (p0, p1) = ([5i64, 80, 900, 33, 7, 12], [40i64, 41, 42]);
     let rows = vec![

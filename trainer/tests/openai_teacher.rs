@@ -2,8 +2,7 @@
 //! the chat-completions wire format: native and text tool calls, the rewritten transcript,
 //! the key header, retries after 503, no retry after 401, time-outs, a missing key variable.
 
-#[path = "../../rollout/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,8 +1,7 @@
 //! `recthinker rl` mechanics on real MovieLens-100k with a tiny random policy: rollouts,
 //! per-step metrics, checkpoints and resume.
 
-#[path = "../../rollout/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use std::process::Command;
 use support::*;

@@ -1,7 +1,6 @@
 //! SFT, checkpoints, resume, kill -9 and export on a tiny random model.
 
-#[path = "../../rollout/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -192,7 +191,7 @@ fn exported_models_match_transformers() {
             .find(|(n, _)| n == "logits")
             .unwrap()
             .1;
-        let policy = rollout::Policy::load(&out, Device::Cpu, Kind::Float).unwrap();
+        let policy = lm::Policy::load(&out, Device::Cpu, Kind::Float).unwrap();
         let ids = policy.tokenizer.encode(prompt, true).unwrap();
         let ours = tch::no_grad(|| policy.model.forward(&Tensor::from_slice(&ids).unsqueeze(0)))
             .squeeze_dim(0);
@@ -202,7 +201,7 @@ fn exported_models_match_transformers() {
             "exported logits differ from transformers by {diff}"
         );
         // And training changed the model.
-        let base = rollout::Policy::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap();
+        let base = lm::Policy::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap();
         let before = tch::no_grad(|| base.model.forward(&Tensor::from_slice(&ids).unsqueeze(0)))
             .squeeze_dim(0);
         assert!(max_abs_diff(&ours, &before) > 1e-3);
@@ -211,7 +210,7 @@ fn exported_models_match_transformers() {
 
 #[test]
 fn masked_head_logprobs_equal_the_full_softmax() {
-    let policy = rollout::Policy::load(&tiny_model("qwen2"), Device::Cpu, Kind::Float).unwrap();
+    let policy = lm::Policy::load(&tiny_model("qwen2"), Device::Cpu, Kind::Float).unwrap();
     let ids = Tensor::from_slice(&[5i64, 80, 900, 33, 7, 1000, 4, 4, 61, 2, 0, 0]).view([2, 6]);
     let mask = Tensor::from_slice(&[0u8, 0, 1, 1, 0, 1, 0, 1, 1, 1, 0, 0]).view([2, 6]);
     let lp = trainer::logprobs::token_logprobs(&policy.model, &ids, &mask);
@@ -227,7 +226,7 @@ fn masked_head_logprobs_equal_the_full_softmax() {
 #[test]
 fn shared_prompt_logprobs_and_gradients_equal_full_rows() {
     for family in ["qwen2", "llama"] {
-        let policy = rollout::Policy::load(&tiny_model(family), Device::Cpu, Kind::Float).unwrap();
+        let policy = lm::Policy::load(&tiny_model(family), Device::Cpu, Kind::Float).unwrap();
         let model = &policy.model;
         let prompt = [5i64, 80, 900, 33, 7];
         let rest = [

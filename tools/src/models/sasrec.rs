@@ -151,7 +151,7 @@ fn padded(items: &[u32], len: usize) -> Vec<i64> {
 }
 
 pub fn train(train: &[Vec<Event>], n_items: usize, opts: &TrainOptions) -> Result<SasRecWeights> {
-    crate::torch_env::init();
+    lm::torch_env::init();
     tch::manual_seed(opts.seed as i64);
     let cfg = SasRecConfig::default();
     let vs = nn::VarStore::new(Device::Cpu);
@@ -265,7 +265,7 @@ impl SasRecWeights {
     }
 
     pub fn load(r: &Reader) -> Result<Self> {
-        crate::torch_env::init();
+        lm::torch_env::init();
         let n_items = *r
             .get::<i64>("models/sasrec/n_items")?
             .first()

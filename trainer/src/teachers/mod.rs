@@ -10,7 +10,7 @@ pub mod scripted;
 use anyhow::Result;
 use datasets::Episode;
 use indicatif::ProgressBar;
-use rollout::chat::Message;
+use lm::chat::Message;
 use tools::{Registry, World};
 
 /// A teacher's conversation for one episode, in the protocol's turn format (assistant turns

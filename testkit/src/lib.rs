@@ -1,7 +1,5 @@
 //! Shared helpers for the integration tests: the repo's venv Python, reference models.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,10 +20,10 @@ pub fn base_model() -> PathBuf {
     dir
 }
 
-/// Runs tests/support/hf_ref.py with the venv's Python; panics with its stderr on failure.
+/// Runs testkit/hf_ref.py with the venv's Python; panics with its stderr on failure.
 pub fn hf_ref(args: &[&str]) {
     let python = repo_root().join(".venv/bin/python");
-    let script = repo_root().join("rollout/tests/support/hf_ref.py");
+    let script = repo_root().join("testkit/hf_ref.py");
     let out = Command::new(&python)
         .arg(&script)
         .args(args)

@@ -1,13 +1,13 @@
 //! The batched agent loop over a `Generator`.
 
-use super::episode::{classify, AgentRow, CallRecord, EndReason, TurnAction};
-use super::generator::Generator;
-use super::prompt::{system_prompt, user_prompt};
-use crate::chat::{ChatTemplate, Message};
-use crate::sampling::SamplingParams;
-use crate::tokenizer::Tokenizer;
+use crate::episode::{classify, AgentRow, CallRecord, EndReason, TurnAction};
+use crate::generator::Generator;
+use crate::prompt::{system_prompt, user_prompt};
 use anyhow::{Context, Result};
 use datasets::Episode;
+use lm::chat::{ChatTemplate, Message};
+use lm::sampling::SamplingParams;
+use lm::tokenizer::Tokenizer;
 use rayon::prelude::*;
 use std::time::Instant;
 use tools::{EpisodeView, Registry, ToolCall, World};

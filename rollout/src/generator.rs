@@ -1,8 +1,8 @@
 //! What the agent loop drives: the model's generation engine, or a script (tests).
 
-use crate::engine::{Engine, RowId, RowState, StopReason};
-use crate::sampling::SamplingParams;
 use anyhow::Result;
+use lm::engine::{Engine, RowId, RowState, StopReason};
+use lm::sampling::SamplingParams;
 
 /// A row's turn ended: its text (sampled in this turn) and why it stopped.
 #[derive(Debug, Clone)]

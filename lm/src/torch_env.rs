@@ -1,5 +1,5 @@
-//! libtorch process setup, shared by every crate that runs tensors (tools is the first in the
-//! dependency chain to do so: SASRec).
+//! libtorch process setup, shared by every crate that runs tensors (the tools crate runs SASRec
+//! through it too).
 
 use std::sync::Once;
 

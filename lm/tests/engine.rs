@@ -1,10 +1,10 @@
 //! The generation engine against plain full-sequence forwards of the same model.
 
-mod support;
+use testkit as support;
 
-use rollout::engine::{Engine, RowState, StopReason};
-use rollout::sampling::SamplingParams;
-use rollout::Policy;
+use lm::engine::{Engine, RowState, StopReason};
+use lm::sampling::SamplingParams;
+use lm::Policy;
 use support::*;
 use tch::{Device, Kind, Tensor};
 

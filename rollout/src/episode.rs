@@ -1,7 +1,7 @@
 //! One row of the agent loop: its conversation, its tool calls, and how it ended.
 
-use crate::chat::Message;
-use crate::engine::StopReason;
+use lm::chat::Message;
+use lm::engine::StopReason;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -2,11 +2,11 @@
 //! the agent loop garbage through it, and it follows the engine's rules (stop strings end a
 //! turn, `max_new_tokens` cuts it, the context limit ends the row).
 
-use super::generator::{Generator, TurnEnd};
-use crate::engine::{RowId, StopReason};
-use crate::sampling::SamplingParams;
-use crate::tokenizer::Tokenizer;
+use crate::generator::{Generator, TurnEnd};
 use anyhow::Result;
+use lm::engine::{RowId, StopReason};
+use lm::sampling::SamplingParams;
+use lm::tokenizer::Tokenizer;
 use std::collections::VecDeque;
 
 struct ScriptedRow {

@@ -1,9 +1,9 @@
 //! Checkpoint loading: sharded files, dtypes, and clear errors on broken checkpoints.
 
-mod support;
+use testkit as support;
 
-use rollout::weights::save_safetensors;
-use rollout::Model;
+use lm::weights::save_safetensors;
+use lm::Model;
 use std::collections::BTreeMap;
 use std::path::Path;
 use support::*;

@@ -1,11 +1,11 @@
 //! Our model against HF transformers: logits, greedy generation and chat rendering.
 
-mod support;
+use testkit as support;
 
-use rollout::chat::Message;
-use rollout::engine::Engine;
-use rollout::sampling::SamplingParams;
-use rollout::Policy;
+use lm::chat::Message;
+use lm::engine::Engine;
+use lm::sampling::SamplingParams;
+use lm::Policy;
 use std::path::Path;
 use support::*;
 use tch::{Device, Kind, Tensor};

@@ -3,9 +3,9 @@
 use anyhow::{bail, Result};
 use tch::{Device, Kind};
 
-/// Registers CUDA and sets threads; see `tools::torch_env::init`.
+/// Registers CUDA and sets threads; see `crate::torch_env::init`.
 pub fn init_torch() {
-    tools::torch_env::init();
+    crate::torch_env::init();
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
