@@ -128,6 +128,13 @@ pub fn tiny_model(family: &str) -> PathBuf {
     dir
 }
 
+/// A real chat template stored under `testkit/templates/{name}.jinja` (`qwen2.5`, `qwen3`),
+/// byte-for-byte the `chat_template` string of the model's `tokenizer_config.json`.
+pub fn template(name: &str) -> String {
+    let path = repo_root().join(format!("testkit/templates/{name}.jinja"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
