@@ -67,9 +67,24 @@ impl NdcgSummary {
     }
 }
 
+/// The 1-based rank of the candidate at 0-based `target_index` in `ranking` (1-based
+/// candidate indices, best first, as the protocol's answer parser returns them).
+pub fn rank_in(ranking: &[usize], target_index: usize) -> Option<usize> {
+    ranking
+        .iter()
+        .position(|&i| i == target_index + 1)
+        .map(|p| p + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rank_of_the_target_in_a_ranking() {
+        assert_eq!(rank_in(&[3, 1, 2, 4], 0), Some(2));
+        assert_eq!(rank_in(&[3, 1], 3), None);
+    }
 
     #[test]
     fn single_item_ndcg() {

@@ -1,7 +1,6 @@
 //! One row of the agent loop: its conversation, its tool calls, and how it ended.
 
 use lm::chat::Message;
-use lm::engine::StopReason;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,38 +54,4 @@ impl AgentRow {
     pub fn bad_calls(&self) -> usize {
         self.calls.iter().filter(|c| !c.ok).count()
     }
-}
-
-/// What a finished turn asks for.
-pub enum TurnAction {
-    End(EndReason),
-    Call(String),
-}
-
-/// Decides what a turn's text means (PROTOCOL.md "Assistant turns").
-pub fn classify(
-    text: &str,
-    reason: &StopReason,
-    calls_so_far: usize,
-    max_turns: usize,
-) -> TurnAction {
-    if let Some(start) = text.find("<answer>") {
-        if text[start..].contains("</answer>") {
-            return TurnAction::End(EndReason::Answer);
-        }
-    }
-    if let Some(start) = text.find("<tool_call>") {
-        let body = &text[start + "<tool_call>".len()..];
-        if let Some(end) = body.find("</tool_call>") {
-            if calls_so_far >= max_turns {
-                return TurnAction::End(EndReason::MaxTurns);
-            }
-            return TurnAction::Call(body[..end].trim().to_string());
-        }
-    }
-    TurnAction::End(match reason {
-        StopReason::MaxNewTokens => EndReason::TurnTooLong,
-        StopReason::ContextFull => EndReason::ContextFull,
-        _ => EndReason::NoAnswer,
-    })
 }

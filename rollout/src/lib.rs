@@ -3,12 +3,16 @@
 //! rows of one engine; each row is a small state machine (generate a turn -> answer, or call a
 //! tool and continue with its result as forced tokens) until an answer or a limit.
 
+pub mod config;
 pub mod episode;
 pub mod generator;
 pub mod prompt;
+pub mod protocol;
 pub mod run;
 pub mod scripted;
 
+pub use config::AgentConfig;
 pub use episode::{AgentRow, CallRecord, EndReason};
 pub use generator::{Generator, TurnEnd};
-pub use run::{run_agent, AgentConfig};
+pub use protocol::ChatProtocol;
+pub use run::{run_agent, run_batches, AgentEnv};

@@ -2,23 +2,27 @@
 //! user prompt with the user id, the last `prompt_history_len` history items and the
 //! numbered candidates.
 
+use crate::protocol::{ANSWER, THINK, TOOL_CALL, TOOL_RESPONSE};
 use tools::{EpisodeView, Registry, World};
 
 pub fn system_prompt(registry: Option<&Registry>, max_turns: usize) -> String {
+    let (think, think_end) = THINK;
+    let (answer, answer_end) = ANSWER;
+    let (call, call_end) = TOOL_CALL;
+    let (response, response_end) = TOOL_RESPONSE;
     match registry {
         Some(reg) => format!(
             "You are a recommendation agent. You rank the candidate items for a user, best first.\n\
 Work in Analyze-Plan-Act steps:\n\
-1. Analyze: inside <think>...</think>, say what you know about the user and the candidates and what information is missing.\n\
-2. Act: to fill a gap, call exactly one tool per turn, for example <tool_call>{{\"name\": \"item_info\", \"arguments\": {{\"candidate\": 2}}}}</tool_call>. The result comes back in <tool_response>...</tool_response>.\n\
-3. Answer: when you know enough, give all candidate numbers, best first, as <answer>3, 1, 7, ...</answer>.\n\
+1. Analyze: inside {think}...{think_end}, say what you know about the user and the candidates and what information is missing.\n\
+2. Act: to fill a gap, call exactly one tool per turn, for example {call}{{\"name\": \"item_info\", \"arguments\": {{\"candidate\": 2}}}}{call_end}. The result comes back in {response}...{response_end}.\n\
+3. Answer: when you know enough, give all candidate numbers, best first, as {answer}3, 1, 7, ...{answer_end}.\n\
 Use at most {max_turns} tool calls.\n\
 Tools:\n{}",
             reg.describe()
         ),
-        None => "You are a recommendation agent. You rank the candidate items for a user, best first, from the information given.\n\
-Think inside <think>...</think>, then give all candidate numbers, best first, as <answer>3, 1, 7, ...</answer>."
-            .to_string(),
+        None => format!("You are a recommendation agent. You rank the candidate items for a user, best first, from the information given.\n\
+Think inside {think}...{think_end}, then give all candidate numbers, best first, as {answer}3, 1, 7, ...{answer_end}."),
     }
 }
 

@@ -1,112 +1,68 @@
 //! The batched agent loop over a `Generator`.
 
-use crate::episode::{classify, AgentRow, CallRecord, EndReason, TurnAction};
+use crate::config::AgentConfig;
+use crate::episode::{AgentRow, CallRecord, EndReason};
 use crate::generator::Generator;
 use crate::prompt::{system_prompt, user_prompt};
-use anyhow::{Context, Result};
+use crate::protocol::{self, classify, ChatProtocol, TurnAction};
+use anyhow::Result;
 use datasets::Episode;
 use lm::chat::{ChatTemplate, Message};
+use lm::engine::Engine;
 use lm::sampling::SamplingParams;
 use lm::tokenizer::Tokenizer;
+use lm::Policy;
 use rayon::prelude::*;
 use std::time::Instant;
 use tools::{EpisodeView, Registry, ToolCall, World};
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AgentConfig {
-    /// Most tool calls per episode.
-    pub max_turns: usize,
-    /// Most sampled tokens per assistant turn.
-    pub max_new_tokens: usize,
-    /// Most tokens per conversation (prompt + everything after).
-    pub max_context: usize,
-    /// History items shown in the user prompt.
-    pub prompt_history_len: usize,
-    pub temperature: f64,
-    pub top_p: f64,
-    pub top_k: usize,
-    /// Observations longer than this are cut.
-    pub tool_max_chars: usize,
-    /// False: the LLMRank-style baseline, ranking from the prompt alone.
-    pub use_tools: bool,
+/// What episodes run against: the policy's tokenizer and chat template, the world and its
+/// tools, and the loop's settings.
+#[derive(Clone, Copy)]
+pub struct AgentEnv<'a> {
+    pub tok: &'a Tokenizer,
+    pub chat: &'a ChatTemplate,
+    pub world: &'a World,
+    pub registry: &'a Registry,
+    pub cfg: &'a AgentConfig,
 }
 
-impl Default for AgentConfig {
-    fn default() -> Self {
+impl<'a> AgentEnv<'a> {
+    pub fn for_policy(
+        policy: &'a Policy,
+        world: &'a World,
+        registry: &'a Registry,
+        cfg: &'a AgentConfig,
+    ) -> Self {
         Self {
-            max_turns: 6,
-            max_new_tokens: 384,
-            max_context: 4096,
-            prompt_history_len: 5,
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            tool_max_chars: 1200,
-            use_tools: true,
+            tok: &policy.tokenizer,
+            chat: &policy.chat,
+            world,
+            registry,
+            cfg,
         }
     }
 }
 
-pub const STOPS: [&str; 2] = ["</tool_call>", "</answer>"];
-
-/// The text that follows an assistant turn when a tool message is appended, as the chat
-/// template renders it (end of turn, tool message, next assistant header). Only this new
-/// text is tokenized; the generated turn never is.
-pub fn tool_suffix(
-    chat: &ChatTemplate,
-    messages: &[Message],
-    tool_content: &str,
-) -> Result<String> {
-    let before = chat.render(messages, false, None)?;
-    let last = messages.last().map(|m| m.content.as_str()).unwrap_or("");
-    let end = before
-        .rfind(last)
-        .map(|p| p + last.len())
-        .context("the template dropped the assistant turn")?;
-    let mut with_tool = messages.to_vec();
-    with_tool.push(Message::tool(tool_content));
-    let after = chat.render(&with_tool, true, None)?;
-    if !after.starts_with(&before[..end]) {
-        anyhow::bail!(
-            "the chat template renders earlier turns differently once a tool message follows"
-        );
-    }
-    Ok(after[end..].to_string())
-}
-
-/// Whether the template wraps tool messages in `<tool_response>` itself.
-pub fn template_wraps_tool_responses(chat: &ChatTemplate) -> bool {
-    let probe = [
-        Message::user("u"),
-        Message::assistant("a"),
-        Message::tool("PROBE"),
-    ];
-    chat.render(&probe, true, None)
-        .map(|s| s.contains("<tool_response>"))
-        .unwrap_or(false)
-}
-
 /// Runs `episodes` (each `samples` times) to the end; rows come back in (episode, sample)
 /// order. `seed` makes sampling reproducible: row (e, s) uses seed + e * samples + s.
-#[allow(clippy::too_many_arguments)]
 pub fn run_agent(
     gen: &mut dyn Generator,
-    tok: &Tokenizer,
-    chat: &ChatTemplate,
-    world: &World,
-    registry: &Registry,
+    env: &AgentEnv,
     episodes: &[&Episode],
     samples: usize,
-    cfg: &AgentConfig,
     seed: u64,
 ) -> Result<Vec<AgentRow>> {
+    let AgentEnv {
+        tok,
+        chat,
+        world,
+        registry,
+        cfg,
+    } = *env;
     let system = system_prompt(cfg.use_tools.then_some(registry), cfg.max_turns);
-    let wraps = template_wraps_tool_responses(chat);
-    let mut stops: Vec<String> = STOPS.iter().map(|s| s.to_string()).collect();
-    if !cfg.use_tools {
-        stops.retain(|s| s == "</answer>");
-    }
+    let proto = ChatProtocol::new(chat);
+    let stops = protocol::stops(cfg.use_tools);
     let mut rows: Vec<AgentRow> = Vec::new();
     let mut started: Vec<Instant> = Vec::new();
     let mut row_ids = Vec::new();
@@ -116,7 +72,7 @@ pub fn run_agent(
             Message::system(system.clone()),
             Message::user(user_prompt(world, &view, cfg.prompt_history_len)),
         ];
-        let text = chat.render(&messages, true, None)?;
+        let text = proto.render(chat, &messages, true)?;
         let prompt = tok.encode(&text, false)?;
         for s in 0..samples {
             let params = SamplingParams {
@@ -206,14 +162,10 @@ pub fn run_agent(
             })
             .collect();
         for ((k, _), call) in jobs.into_iter().zip(results) {
-            let content = if wraps {
-                call.observation.clone()
-            } else {
-                format!("<tool_response>\n{}\n</tool_response>", call.observation)
-            };
+            let content = protocol::tool_response(&call.observation);
             let r = &mut rows[k];
             r.calls.push(call);
-            let suffix = match tool_suffix(chat, &r.messages, &content) {
+            let suffix = match proto.tool_suffix(chat, &r.messages, &content) {
                 Ok(s) => s,
                 Err(e) => {
                     r.end = Some(EndReason::TemplateError(format!("{e:#}")));
@@ -257,4 +209,36 @@ fn close(gen: &mut dyn Generator, row: usize, r: &mut AgentRow, started: Instant
     r.generated_tokens = mask.iter().filter(|&&m| m == 1).count();
     r.forced_tokens = ids.len() - r.prompt_tokens - r.generated_tokens;
     r.seconds = started.elapsed().as_secs_f64();
+}
+
+/// Runs `episodes` x `samples` on the policy, at most `batch_rows` rows at a time, each batch
+/// on a fresh engine bounded by the config's context; `on_batch` receives every batch's
+/// episodes and rows as they finish (scoring, writing, progress). Seeds are those of one big
+/// `run_agent` call: row (e, s) samples with seed + e * samples + s whatever the batching.
+/// Evaluation, validation, GRPO rollouts and the `model` teacher all run through here.
+pub fn run_batches(
+    policy: &Policy,
+    env: &AgentEnv,
+    episodes: &[&Episode],
+    samples: usize,
+    batch_rows: usize,
+    seed: u64,
+    mut on_batch: impl FnMut(&[&Episode], Vec<AgentRow>) -> Result<()>,
+) -> Result<()> {
+    let samples = samples.max(1);
+    let per_batch = (batch_rows / samples).max(1);
+    for (b, chunk) in episodes.chunks(per_batch).enumerate() {
+        let mut engine = Engine::new(&policy.model, &policy.tokenizer);
+        engine.max_context = env.cfg.max_context;
+        let first_row = (b * per_batch * samples) as u64;
+        let rows = run_agent(
+            &mut engine,
+            env,
+            chunk,
+            samples,
+            seed.wrapping_add(first_row),
+        )?;
+        on_batch(chunk, rows)?;
+    }
+    Ok(())
 }

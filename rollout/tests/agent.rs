@@ -7,7 +7,7 @@ use datasets::{prepare, read_raw, PrepareConfig, Split, Subset};
 use lm::chat::ChatTemplate;
 use lm::tokenizer::Tokenizer;
 use rollout::scripted::Scripted;
-use rollout::{run_agent, AgentConfig, AgentRow, EndReason};
+use rollout::{run_agent, AgentConfig, AgentEnv, AgentRow, EndReason};
 use support::*;
 use tools::models::{CfModels, TrainOptions};
 use tools::world::train_sequences;
@@ -36,7 +36,14 @@ fn run(scripts: Vec<Vec<String>>, cfg: &AgentConfig) -> (Vec<AgentRow>, usize) {
     let eps = &eps[..scripts.len()];
     let mut gen = Scripted::new(&tok, scripts, cfg.max_context);
     let reg = tools::suite::standard(cfg.tool_max_chars);
-    let rows = run_agent(&mut gen, &tok, &chat, &w, &reg, eps, 1, cfg, 0).unwrap();
+    let env = AgentEnv {
+        tok: &tok,
+        chat: &chat,
+        world: &w,
+        registry: &reg,
+        cfg,
+    };
+    let rows = run_agent(&mut gen, &env, eps, 1, 0).unwrap();
     for r in &rows {
         assert_eq!(r.ids.len(), r.mask.len());
         assert_eq!(r.ids.len(), r.logprobs.len());

@@ -22,6 +22,18 @@ pub struct ToolCall {
 }
 
 impl ToolCall {
+    pub fn new(name: &str, arguments: Value) -> Self {
+        Self {
+            name: name.to_string(),
+            arguments,
+        }
+    }
+
+    /// The call as JSON text, `{"name": ..., "arguments": {...}}` (the form `parse` reads).
+    pub fn text(&self) -> String {
+        json!({"name": self.name, "arguments": self.arguments}).to_string()
+    }
+
     /// Parses `{"name": ..., "arguments": {...}}` (arguments may also be a JSON string).
     pub fn parse(text: &str) -> Result<Self, String> {
         let v: Value = serde_json::from_str(text.trim())

@@ -5,15 +5,15 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use datasets::{Split, Subset};
 use lm::device::{parse_device, parse_dtype};
-use lm::engine::Engine;
 use lm::Policy;
-use reward::{NdcgSummary, RewardConfig};
-use rollout::{run_agent, AgentConfig};
-use std::collections::BTreeMap;
+use reward::RewardConfig;
+use rollout::{AgentConfig, AgentEnv};
+use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-use trainer::trajectory::{score, to_json};
+use trainer::evaluate::{evaluate, EvalOptions};
+use trainer::trajectory::to_json;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -31,27 +31,27 @@ pub struct Args {
     #[arg(long)]
     limit_users: Option<usize>,
     /// Samples per episode (with --temperature > 0 they differ).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = EvalOptions::default().samples)]
     samples: usize,
     /// Rows (episodes x samples) generated together.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = EvalOptions::default().batch_rows)]
     batch: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = AgentConfig::default().temperature)]
     temperature: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = AgentConfig::default().top_p)]
     top_p: f64,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = AgentConfig::default().max_turns)]
     max_turns: usize,
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = AgentConfig::default().max_new_tokens)]
     max_new_tokens: usize,
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = AgentConfig::default().max_context)]
     max_context: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = AgentConfig::default().prompt_history_len)]
     prompt_history_len: usize,
     /// Rank from the prompt alone (the LLMRank-style baseline).
     #[arg(long)]
@@ -100,90 +100,53 @@ pub fn run(a: Args) -> Result<()> {
         ..Default::default()
     };
     let registry = tools::suite::standard(cfg.tool_max_chars);
-    let reward_cfg = RewardConfig::default();
+    let env = AgentEnv::for_policy(&policy, &world, &registry, &cfg);
+    let opts = EvalOptions {
+        samples: a.samples,
+        batch_rows: a.batch,
+        seed: a.seed,
+        reward: RewardConfig::default(),
+    };
     let mut traj_out = match &a.trajectories {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
         None => None,
     };
-    let per_batch = (a.batch / a.samples.max(1)).max(1);
     let bar = trainer::run_dir::progress_bar("eval", "episodes", episodes.len() * a.samples, 0)?;
-    let (mut ranks, mut valid, mut calls, mut bad, mut generated) =
-        (Vec::new(), 0usize, 0usize, 0usize, 0usize);
-    let mut per_tool: BTreeMap<String, usize> = BTreeMap::new();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let gen_start = Instant::now();
-    for (b, chunk) in episodes.chunks(per_batch).enumerate() {
-        let mut engine = Engine::new(&policy.model, &policy.tokenizer);
-        engine.max_context = cfg.max_context;
-        let rows = run_agent(
-            &mut engine,
-            &policy.tokenizer,
-            &policy.chat,
-            &world,
-            &registry,
-            chunk,
-            a.samples,
-            &cfg,
-            a.seed.wrapping_add((b * per_batch * a.samples) as u64),
-        )?;
-        for row in &rows {
-            let ep = chunk[row.episode];
-            let s = score(row, ep, &reward_cfg);
-            // Invalid episodes score 0 on every NDCG (rank beyond any cut-off).
-            ranks.push(s.rank.unwrap_or(usize::MAX));
-            valid += s.valid as usize;
-            calls += row.calls.len();
-            bad += row.bad_calls();
-            generated += row.generated_tokens;
-            for c in &row.calls {
-                *per_tool
-                    .entry(c.name.clone().unwrap_or_else(|| "(malformed)".into()))
-                    .or_default() += 1;
-            }
-            if let Some(r) = &s.invalid_reason {
-                *reasons.entry(r.clone()).or_default() += 1;
-            }
-            if let Some(out) = traj_out.as_mut() {
-                writeln!(
-                    out,
-                    "{}",
-                    to_json(&s, ep, &world.data, &a.split, a.with_tokens)
-                )?;
-            }
+    let (mut done, mut valid) = (0usize, 0usize);
+    let stats = evaluate(&policy, &env, &episodes, &opts, |s, ep| {
+        if let Some(out) = traj_out.as_mut() {
+            writeln!(
+                out,
+                "{}",
+                to_json(s, ep, &world.data, &a.split, a.with_tokens)
+            )?;
         }
-        bar.inc(rows.len() as u64);
-        bar.set_message(format!("valid {}/{}", valid, ranks.len()));
-    }
+        done += 1;
+        valid += s.valid as usize;
+        bar.inc(1);
+        bar.set_message(format!("valid {valid}/{done}"));
+        Ok(())
+    })?;
     bar.finish();
     if let Some(mut out) = traj_out {
         out.flush()?;
     }
-    let gen_seconds = gen_start.elapsed().as_secs_f64();
-    let n = ranks.len().max(1) as f64;
-    let s = NdcgSummary::from_ranks(&ranks);
-    let report = serde_json::json!({
-        "ndcg@1": s.ndcg1, "ndcg@5": s.ndcg5, "ndcg@10": s.ndcg10,
-        "valid_rate": valid as f64 / n,
-        "mean_tool_calls": calls as f64 / n,
-        "tool_calls": per_tool,
-        "bad_calls": bad,
-        "episodes": ranks.len(),
-        "tokens_generated": generated,
-        "seconds": start.elapsed().as_secs_f64(),
-        "generation_seconds": gen_seconds,
-        "episodes_per_second": ranks.len() as f64 / gen_seconds.max(1e-9),
-        "generated_tokens_per_second": generated as f64 / gen_seconds.max(1e-9),
-        "invalid_reasons": reasons,
-        "model": a.model.display().to_string(), "data": a.data.display().to_string(),
-        "subset": a.subset, "split": a.split, "samples": a.samples, "tools": !a.no_tools,
-        "config": cfg,
-    });
+    let mut report = stats.report();
+    report["seconds"] = json!(start.elapsed().as_secs_f64());
+    report["model"] = json!(a.model.display().to_string());
+    report["data"] = json!(a.data.display().to_string());
+    report["subset"] = json!(a.subset);
+    report["split"] = json!(a.split);
+    report["samples"] = json!(a.samples);
+    report["tools"] = json!(!a.no_tools);
+    report["config"] = serde_json::to_value(&cfg)?;
     lm::fsutil::write_atomic(&a.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let s = stats.ndcg();
     println!(
         "{} {} ({} episodes): NDCG@1 {:.4}  NDCG@5 {:.4}  NDCG@10 {:.4}  valid {:.2}  tool calls/episode {:.2}  bad calls {}",
-        a.subset, a.split, ranks.len(), s.ndcg1, s.ndcg5, s.ndcg10, valid as f64 / n, calls as f64 / n, bad
+        a.subset, a.split, stats.episodes(), s.ndcg1, s.ndcg5, s.ndcg10, stats.valid_rate(), stats.mean_tool_calls(), stats.bad_calls
     );
     Ok(())
 }

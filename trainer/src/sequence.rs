@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use lm::chat::{ChatTemplate, Message};
 use lm::tokenizer::Tokenizer;
-use rollout::run::tool_suffix;
+use rollout::ChatProtocol;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenSequence {
@@ -22,7 +22,8 @@ pub fn tokenize_conversation(
         .iter()
         .position(|m| m.role == "assistant")
         .context("conversation has no assistant turn")?;
-    let prompt = chat.render(&messages[..first_assistant], true, None)?;
+    let proto = ChatProtocol::new(chat);
+    let prompt = proto.render(chat, &messages[..first_assistant], true)?;
     let mut ids = tok.encode(&prompt, false)?;
     let mut mask = vec![0u8; ids.len()];
     let eos = tok
@@ -45,7 +46,7 @@ pub fn tokenize_conversation(
         ids.extend(turn);
         match messages.get(k + 1) {
             Some(next) if next.role == "tool" => {
-                let suffix = tool_suffix(chat, &messages[..=k], &next.content)?;
+                let suffix = proto.tool_suffix(chat, &messages[..=k], &next.content)?;
                 let forced = tok.encode(&suffix, false)?;
                 mask.extend(std::iter::repeat_n(0, forced.len()));
                 ids.extend(forced);

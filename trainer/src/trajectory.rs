@@ -1,7 +1,8 @@
 //! Scoring finished agent rows and writing them as trajectories (one JSON line each).
 
 use datasets::{Episode, Prepared};
-use reward::{parse_answer, rank_in, reward, Outcome, RewardConfig, RewardParts};
+use reward::{rank_in, reward, Outcome, RewardConfig, RewardParts};
+use rollout::protocol::parse_answer;
 use rollout::{AgentRow, EndReason};
 use serde_json::{json, Value};
 

@@ -117,7 +117,7 @@ fn eval_runs_scores_and_saves_recomputable_trajectories() {
             let calls = t["tool_calls"].as_array().unwrap();
             let bad = calls.iter().filter(|c| c["ok"] == false).count();
             let target = t["episode"]["target_index"].as_u64().unwrap() as usize - 1;
-            let rank = reward::parse_answer(&last, 10)
+            let rank = rollout::protocol::parse_answer(&last, 10)
                 .ok()
                 .and_then(|r| reward::rank_in(&r, target));
             let outcome = reward::Outcome {

@@ -6,9 +6,8 @@ use anyhow::Result;
 use datasets::Episode;
 use indicatif::ProgressBar;
 use lm::device::{parse_device, parse_dtype};
-use lm::engine::Engine;
 use lm::Policy;
-use rollout::{run_agent, AgentConfig};
+use rollout::{run_batches, AgentConfig, AgentEnv};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tools::{Registry, World};
@@ -46,34 +45,31 @@ impl Teacher for ModelTeacher {
     ) -> Result<TeacherOutput> {
         let m = &self.cfg;
         let policy = Policy::load(&m.dir, parse_device(&m.device)?, parse_dtype(&m.dtype)?)?;
+        let env = AgentEnv::for_policy(&policy, world, reg, &self.agent);
         let mut all = Vec::new();
-        let per = (m.batch / m.samples.max(1)).max(1);
-        for (b, chunk) in episodes.chunks(per).enumerate() {
-            let mut engine = Engine::new(&policy.model, &policy.tokenizer);
-            engine.max_context = self.agent.max_context;
-            let rows = run_agent(
-                &mut engine,
-                &policy.tokenizer,
-                &policy.chat,
-                world,
-                reg,
-                chunk,
-                m.samples,
-                &self.agent,
-                self.seed + (b * per * m.samples) as u64,
-            )?;
-            let mut grouped: Vec<Vec<Candidate>> = (0..chunk.len()).map(|_| Vec::new()).collect();
-            for r in rows {
-                let bad = r.bad_calls();
-                grouped[r.episode].push(Candidate {
-                    tool_calls: r.calls.len(),
-                    bad_calls: bad,
-                    messages: r.messages,
-                });
-            }
-            all.extend(grouped);
-            bar.inc(chunk.len() as u64);
-        }
+        run_batches(
+            &policy,
+            &env,
+            episodes,
+            m.samples,
+            m.batch,
+            self.seed,
+            |chunk, rows| {
+                let mut grouped: Vec<Vec<Candidate>> =
+                    (0..chunk.len()).map(|_| Vec::new()).collect();
+                for r in rows {
+                    let bad = r.bad_calls();
+                    grouped[r.episode].push(Candidate {
+                        tool_calls: r.calls.len(),
+                        bad_calls: bad,
+                        messages: r.messages,
+                    });
+                }
+                all.extend(grouped);
+                bar.inc(chunk.len() as u64);
+                Ok(())
+            },
+        )?;
         Ok(TeacherOutput {
             candidates: all,
             failed_episodes: 0,

@@ -11,15 +11,15 @@ use indicatif::ProgressBar;
 use lm::chat::Message;
 use lm::engine::StopReason;
 use rayon::prelude::*;
-use rollout::episode::{classify, TurnAction};
 use rollout::prompt::{system_prompt, user_prompt};
+use rollout::protocol::{self, classify, TurnAction};
 use rollout::{AgentConfig, EndReason};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tools::registry::cut;
-use tools::{EpisodeView, Registry, World};
+use tools::{EpisodeView, Registry, ToolCall, World};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,18 +275,15 @@ impl OpenAiTeacher {
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let args = first.pointer("/function/arguments");
-                let call = native_call_text(name, args);
+                let call = native_call(name, args).text();
                 let obs = reg.call_text(world, &view, &call);
                 calls += 1;
                 bad += usize::from(!obs.ok) + native.len() - 1;
-                transcript.push(Message::assistant(turn_text(
+                transcript.push(Message::assistant(protocol::with_thinking(
                     content,
-                    &format!("<tool_call>{call}</tool_call>"),
+                    &format!("{}{call}{}", protocol::TOOL_CALL.0, protocol::TOOL_CALL.1),
                 )));
-                transcript.push(Message::tool(format!(
-                    "<tool_response>\n{}\n</tool_response>",
-                    obs.text
-                )));
+                transcript.push(Message::tool(protocol::tool_response(&obs.text)));
                 // The API wants the assistant message back as sent and one tool message per
                 // call id; calls after the first are refused (one call per turn).
                 api.push(json!({"role": "assistant", "content": content, "tool_calls": native}));
@@ -305,15 +302,18 @@ impl OpenAiTeacher {
                     let obs = reg.call_text(world, &view, &raw);
                     calls += 1;
                     bad += usize::from(!obs.ok);
-                    let turn = normalized(content, "tool_call");
-                    let response = format!("<tool_response>\n{}\n</tool_response>", obs.text);
+                    let turn = protocol::normalize_turn(content, protocol::TOOL_CALL);
+                    let response = protocol::tool_response(&obs.text);
                     api.push(json!({"role": "assistant", "content": turn}));
                     api.push(json!({"role": "user", "content": response}));
                     transcript.push(Message::assistant(turn));
                     transcript.push(Message::tool(response));
                 }
                 TurnAction::End(EndReason::Answer) => {
-                    transcript.push(Message::assistant(normalized(content, "answer")));
+                    transcript.push(Message::assistant(protocol::normalize_turn(
+                        content,
+                        protocol::ANSWER,
+                    )));
                     break;
                 }
                 TurnAction::End(_) => {
@@ -330,43 +330,15 @@ impl OpenAiTeacher {
     }
 }
 
-/// A native call as the protocol's JSON text (`arguments` arrive as a JSON string).
-fn native_call_text(name: &str, args: Option<&Value>) -> String {
+/// A native call (`arguments` arrive as a JSON string).
+fn native_call(name: &str, args: Option<&Value>) -> ToolCall {
     let arguments = match args {
         Some(Value::String(s)) if s.trim().is_empty() => json!({}),
         Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
         Some(v) => v.clone(),
         None => json!({}),
     };
-    json!({"name": name, "arguments": arguments}).to_string()
-}
-
-/// `<think>{reasoning}</think>\n{action}` from a native reply's free text.
-fn turn_text(reasoning: &str, action: &str) -> String {
-    let r = strip_think(reasoning);
-    if r.is_empty() {
-        action.to_string()
-    } else {
-        format!("<think>{r}</think>\n{action}")
-    }
-}
-
-fn strip_think(s: &str) -> String {
-    s.replace("<think>", "")
-        .replace("</think>", "")
-        .trim()
-        .to_string()
-}
-
-/// A text-protocol turn cut after its `<block>...</block>`, with the reasoning before the
-/// block in `<think>`.
-fn normalized(turn: &str, block: &str) -> String {
-    let close = format!("</{block}>");
-    let turn = turn.find(&close).map_or(turn, |p| &turn[..p + close.len()]);
-    match turn.find(&format!("<{block}>")) {
-        Some(p) => turn_text(&turn[..p], turn[p..].trim()),
-        None => turn.trim().to_string(),
-    }
+    ToolCall::new(name, arguments)
 }
 
 impl Teacher for OpenAiTeacher {

@@ -9,9 +9,10 @@ use indicatif::ProgressBar;
 use lm::chat::Message;
 use rayon::prelude::*;
 use rollout::prompt::{system_prompt, user_prompt};
+use rollout::protocol;
 use serde_json::json;
 use std::collections::HashMap;
-use tools::{EpisodeView, Registry, World};
+use tools::{EpisodeView, Registry, ToolCall, World};
 
 pub struct Scripted {
     pub history_len: usize,
@@ -111,10 +112,6 @@ fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
     }
 }
 
-fn call_text(name: &str, args: serde_json::Value) -> String {
-    json!({"name": name, "arguments": args}).to_string()
-}
-
 /// The scripted teacher: three plans of increasing length, each ranking by a fusion of the
 /// evidence its calls gathered.
 pub fn scripted(
@@ -169,17 +166,10 @@ pub fn scripted(
                     (format!("Candidate {} leads so far; I check how it relates to what the user liked before.", top + 1), json!({"candidate": top + 1, "relation": "co_liked"}))
                 }
             };
-            let text = format!(
-                "<think>{think}</think>\n<tool_call>{}</tool_call>",
-                call_text(tool, args.clone())
-            );
-            let obs = reg.call_text(w, &view, &call_text(tool, args));
+            let obs = reg.call(w, &view, &ToolCall::new(tool, args.clone()));
             bad += usize::from(!obs.ok);
-            messages.push(Message::assistant(text));
-            messages.push(Message::tool(format!(
-                "<tool_response>\n{}\n</tool_response>",
-                obs.text
-            )));
+            messages.push(Message::assistant(protocol::call_turn(&think, tool, args)));
+            messages.push(Message::tool(protocol::tool_response(&obs.text)));
             match *tool {
                 "similar_users" => {
                     scores.iter_mut().zip(&zs).for_each(|(s, x)| *s += 1.0 * x);
@@ -205,15 +195,14 @@ pub fn scripted(
             .take(3)
             .map(|&i| format!("{} ({})", i + 1, w.title(ep.candidates[i])))
             .collect();
-        let answer = order
-            .iter()
-            .map(|i| (i + 1).to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        messages.push(Message::assistant(format!(
-            "<think>Combining {}: the strongest candidates are {}. I rank the rest by the same evidence.</think>\n<answer>{answer}</answer>",
-            reasons.join(", "),
-            best.join(", ")
+        let ranking: Vec<usize> = order.iter().map(|i| i + 1).collect();
+        messages.push(Message::assistant(protocol::answer_turn(
+            &format!(
+                "Combining {}: the strongest candidates are {}. I rank the rest by the same evidence.",
+                reasons.join(", "),
+                best.join(", ")
+            ),
+            &ranking,
         )));
         out.push(Candidate {
             messages,
