@@ -1,10 +1,16 @@
 """Reference outputs from HF transformers, for the Rust tests (nobody here wrote these).
 
-  tiny FAMILY OUT TOKENIZER_DIR      random tiny qwen2|llama model (seeded), saved as HF dir
+  tiny FAMILY OUT TOKENIZER_DIR      random tiny model (seeded), saved as HF dir; FAMILY is
+                                     qwen2 | qwen2.5 (qwen2 + Qwen2.5's template) | qwen3 |
+                                     llama | llama3 (llama + llama3 rope scaling)
   logits MODEL PROMPT OUT            logits [T, V] f32 + input_ids of a raw prompt
   greedy MODEL N OUT PROMPT...       greedy token ids of `generate` for chat prompts
   chat MODEL MESSAGES_JSON OUT       apply_chat_template text (add_generation_prompt=True)
+  render TOKENIZER_DIR CASES_JSON OUT  apply_chat_template text of each case
+                                     {template, messages, add_generation_prompt, tools, kwargs}
+                                     (template: a file path), as a JSON list of strings
 """
+import os
 import json
 import shutil
 import sys
@@ -15,8 +21,12 @@ from safetensors.torch import save_file
 torch.set_num_threads(1)
 
 
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+
 def tiny(family, out, tok_dir):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                              Qwen3Config, Qwen3ForCausalLM)
 
     torch.manual_seed(0)
     common = dict(vocab_size=49152, hidden_size=64, intermediate_size=128,
@@ -25,14 +35,32 @@ def tiny(family, out, tok_dir):
                   # large weights give peaked next-token distributions, so greedy choices
                   # are not near-ties that float noise could flip
                   initializer_range=0.5)
-    if family == "qwen2":
+    if family in ("qwen2", "qwen2.5"):
         cfg = Qwen2Config(num_key_value_heads=2, tie_word_embeddings=False,
                           rope_theta=1000000.0, **common)
         model = Qwen2ForCausalLM(cfg)
-    else:
+    elif family == "qwen3":
+        # head_dim 24 != hidden/heads = 16: q/k/v/o and q_norm/k_norm shapes depend on it
+        cfg = Qwen3Config(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True,
+                          rope_theta=1000000.0, **common)
+        model = Qwen3ForCausalLM(cfg)
+    elif family == "llama3":
+        # original_max_position_embeddings 64 puts the 8 frequencies of head_dim 16 in all three
+        # llama3 bands (wavelength < 16 kept, 16..64 smoothed, > 64 divided by 8), so the
+        # scaling changes the logits at the tests' 20-30 positions
+        cfg = LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False,
+                          rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                           "factor": 8.0, "low_freq_factor": 1.0,
+                                           "high_freq_factor": 4.0,
+                                           "original_max_position_embeddings": 64},
+                          **common)
+        model = LlamaForCausalLM(cfg)
+    elif family == "llama":
         cfg = LlamaConfig(num_key_value_heads=1, tie_word_embeddings=True,
                           rope_theta=500000.0, **common)
         model = LlamaForCausalLM(cfg)
+    else:
+        sys.exit(f"unknown tiny family {family}")
     with torch.no_grad():  # make biases and norms non-trivial so they are really tested
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -43,6 +71,8 @@ def tiny(family, out, tok_dir):
             shutil.copy(f"{tok_dir}/{f}", f"{out}/{f}")
         except FileNotFoundError:
             pass
+    if family in ("qwen2.5", "qwen3"):  # the real template, over the tokenizer's own
+        shutil.copy(f"{TEMPLATES}/{family}.jinja", f"{out}/chat_template.jinja")
 
 
 def load(model_dir):
@@ -89,9 +119,23 @@ def chat(model_dir, messages_json, out):
     open(out, "w").write(text)
 
 
+def render(tok_dir, cases_json, out):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    result = []
+    for case in json.load(open(cases_json)):
+        text = tok.apply_chat_template(
+            case["messages"], chat_template=open(case["template"]).read(),
+            tools=case.get("tools"), add_generation_prompt=case["add_generation_prompt"],
+            tokenize=False, **case.get("kwargs", {}))
+        result.append(text)
+    json.dump(result, open(out, "w"))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "greedy":
         greedy(args[0], args[1], args[2], args[3:])
     else:
-        {"tiny": tiny, "logits": logits, "chat": chat}[cmd](*args)
+        {"tiny": tiny, "logits": logits, "chat": chat, "render": render}[cmd](*args)

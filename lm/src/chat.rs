@@ -59,6 +59,7 @@ impl ChatTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source)
             .map_err(|e| anyhow!("chat template does not compile: {e}"))?;
         Ok(Self {
@@ -77,6 +78,23 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
     ) -> Result<String> {
+        self.render_with(
+            messages,
+            add_generation_prompt,
+            tools,
+            &serde_json::Map::new(),
+        )
+    }
+
+    /// `render` with extra template variables, as transformers' `apply_chat_template(...,
+    /// **kwargs)`: e.g. `{"enable_thinking": false}` for Qwen3's template.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat")?;
         let ctx = minijinja::context! {
             messages => minijinja::Value::from_serialize(messages),
@@ -85,7 +103,66 @@ impl ChatTemplate {
             eos_token => self.eos_token.clone(),
             tools => tools.map(minijinja::Value::from_serialize),
         };
+        let ctx = minijinja::context! { ..ctx, ..minijinja::Value::from_serialize(kwargs) };
         tmpl.render(ctx).context("rendering the chat template")
+    }
+}
+
+/// `tojson` as transformers defines it for templates: Python's `json.dumps` with
+/// `ensure_ascii=False` (", " and ": " separators, or `indent`), not minijinja's compact,
+/// HTML-escaping filter. Map keys come out in serde_json's order (sorted).
+fn tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<String, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let v = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            serde::Serialize::serialize(
+                &v,
+                &mut serde_json::Serializer::with_formatter(&mut out, fmt),
+            )
+        }
+        None => serde::Serialize::serialize(
+            &v,
+            &mut serde_json::Serializer::with_formatter(&mut out, PySpaced),
+        ),
+    };
+    written.map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    String::from_utf8(out).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+}
+
+/// serde_json's compact output with Python's default separators ", " and ": ".
+struct PySpaced;
+
+impl serde_json::ser::Formatter for PySpaced {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
     }
 }
 
@@ -173,6 +250,19 @@ mod tests {
         let t = ChatTemplate::new(Some(src), None, None).unwrap();
         let err = format!("{:#}", t.render(&[], false, None).unwrap_err());
         assert!(err.contains("roles must alternate"), "{err}");
+    }
+
+    #[test]
+    fn tojson_writes_python_json() {
+        let src = "{{ x | tojson }}|{{ x | tojson(indent=2) }}".to_string();
+        let t = ChatTemplate::new(Some(src), None, None).unwrap();
+        let mut kw = serde_json::Map::new();
+        kw.insert("x".into(), serde_json::json!({"a": [1, "<é>"], "b": {}}));
+        let s = t.render_with(&[], false, None, &kw).unwrap();
+        assert_eq!(
+            s,
+            "{\"a\": [1, \"<é>\"], \"b\": {}}|{\n  \"a\": [\n    1,\n    \"<é>\"\n  ],\n  \"b\": {}\n}"
+        );
     }
 
     #[test]

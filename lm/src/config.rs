@@ -1,14 +1,27 @@
-//! `config.json` of an HF Llama or Qwen2 checkpoint, reduced to what the forward pass needs.
+//! `config.json` of an HF Llama, Qwen2 or Qwen3 checkpoint, reduced to what the forward pass
+//! needs.
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
-/// The two decoder families we run. They differ only in q/k/v bias and defaults.
+/// The decoder families we run (`model_type`). They share one decoder and differ in biases,
+/// per-head q/k norms and defaults:
+///
+/// - `llama` (Llama 2/3.x, SmolLM): biases only with `attention_bias` (q/k/v/o) and `mlp_bias`.
+/// - `qwen2` (Qwen2, Qwen2.5): q/k/v always biased, o_proj and MLP never.
+/// - `qwen3`: RMSNorm of every q and k head (`q_norm`, `k_norm`) before RoPE; biases only with
+///   `attention_bias` (q/k/v/o); `head_dim` defaults to 128 as in transformers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Llama,
     Qwen2,
+    Qwen3,
+}
+
+impl Family {
+    /// The `model_type` values we load, for error messages.
+    pub const SUPPORTED: &'static str = "llama, qwen2, qwen3";
 }
 
 /// How RoPE frequencies are scaled (`rope_scaling` / `rope_parameters.rope_type`).
@@ -42,7 +55,12 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     pub max_position_embeddings: i64,
     pub tie_word_embeddings: bool,
+    /// Bias on q_proj, k_proj and v_proj.
     pub attention_bias: bool,
+    /// Bias on o_proj.
+    pub o_proj_bias: bool,
+    /// Per-head RMSNorm of queries and keys (`self_attn.q_norm`, `self_attn.k_norm`), Qwen3.
+    pub qk_norm: bool,
     pub mlp_bias: bool,
     pub eos_token_ids: Vec<i64>,
     pub bos_token_id: Option<i64>,
@@ -89,12 +107,21 @@ impl ModelConfig {
         let family = match model_type.as_str() {
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
             other => {
-                bail!("config.json: unsupported model_type `{other}` (supported: llama, qwen2)")
+                bail!(
+                    "config.json: unsupported model_type `{other}` (supported: {})",
+                    Family::SUPPORTED
+                )
             }
         };
         if raw.get("use_sliding_window").and_then(Value::as_bool) == Some(true) {
             bail!("config.json: use_sliding_window=true is not supported (full attention only)");
+        }
+        if let Some(types) = raw.get("layer_types").and_then(Value::as_array) {
+            if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
+                bail!("config.json: layer_types holds {t}; only full_attention is supported");
+            }
         }
         let hidden_size = get_i64(&raw, "hidden_size")?;
         let num_attention_heads = get_i64(&raw, "num_attention_heads")?;
@@ -102,10 +129,17 @@ impl ModelConfig {
             .get("num_key_value_heads")
             .and_then(Value::as_i64)
             .unwrap_or(num_attention_heads);
-        let head_dim = raw
-            .get("head_dim")
-            .and_then(Value::as_i64)
-            .unwrap_or(hidden_size / num_attention_heads);
+        // transformers' Qwen3Config defaults head_dim to 128, the others derive it.
+        let head_dim = match raw.get("head_dim").filter(|v| !v.is_null()) {
+            Some(v) => v
+                .as_i64()
+                .context("config.json: key `head_dim` is not an integer")?,
+            None if family == Family::Qwen3 => 128,
+            None => hidden_size / num_attention_heads,
+        };
+        if head_dim <= 0 || head_dim % 2 != 0 {
+            bail!("config.json: head_dim must be a positive even number (RoPE), got {head_dim}");
+        }
         if num_attention_heads % num_key_value_heads != 0 {
             bail!(
                 "config.json: num_attention_heads ({num_attention_heads}) is not a multiple of num_key_value_heads ({num_key_value_heads})"
@@ -121,13 +155,34 @@ impl ModelConfig {
         let scaling = rope_params
             .or_else(|| raw.get("rope_scaling").filter(|v| v.is_object()))
             .cloned();
-        let rope_scaling = parse_rope_scaling(scaling.as_ref())?;
-        let attention_bias = match family {
-            Family::Qwen2 => true,
-            Family::Llama => raw
-                .get("attention_bias")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+        let max_position_embeddings = raw
+            .get("max_position_embeddings")
+            .and_then(Value::as_i64)
+            .unwrap_or(4096);
+        // transformers takes a top-level `original_max_position_embeddings` first, then the
+        // one in the scaling dict, then `max_position_embeddings`.
+        let original_max = get_f64(&raw, "original_max_position_embeddings")
+            .or_else(|| {
+                scaling
+                    .as_ref()
+                    .and_then(|s| get_f64(s, "original_max_position_embeddings"))
+            })
+            .unwrap_or(max_position_embeddings as f64);
+        let rope_scaling = parse_rope_scaling(scaling.as_ref(), original_max)?;
+        for src in [Some(&raw), scaling.as_ref()].into_iter().flatten() {
+            if let Some(f) = get_f64(src, "partial_rotary_factor").filter(|&f| f != 1.0) {
+                bail!("config.json: partial_rotary_factor={f} is not supported (RoPE on the full head only)");
+            }
+        }
+        let flag = |key: &str| raw.get(key).and_then(Value::as_bool).unwrap_or(false);
+        let (attention_bias, o_proj_bias, mlp_bias) = match family {
+            Family::Qwen2 => (true, false, false),
+            Family::Qwen3 => (flag("attention_bias"), flag("attention_bias"), false),
+            Family::Llama => (
+                flag("attention_bias"),
+                flag("attention_bias"),
+                flag("mlp_bias"),
+            ),
         };
         Ok(Self {
             family,
@@ -141,19 +196,15 @@ impl ModelConfig {
             rms_norm_eps: get_f64(&raw, "rms_norm_eps").unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: raw
-                .get("max_position_embeddings")
-                .and_then(Value::as_i64)
-                .unwrap_or(4096),
+            max_position_embeddings,
             tie_word_embeddings: raw
                 .get("tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             attention_bias,
-            mlp_bias: raw
-                .get("mlp_bias")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            o_proj_bias,
+            qk_norm: family == Family::Qwen3,
+            mlp_bias,
             eos_token_ids: token_id_list(raw.get("eos_token_id")),
             bos_token_id: raw.get("bos_token_id").and_then(Value::as_i64),
             pad_token_id: raw.get("pad_token_id").and_then(Value::as_i64),
@@ -163,7 +214,7 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling> {
+fn parse_rope_scaling(v: Option<&Value>, original_max: f64) -> Result<RopeScaling> {
     let Some(v) = v else {
         return Ok(RopeScaling::None);
     };
@@ -172,17 +223,26 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<RopeScaling> {
         .or_else(|| v.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let factor = get_f64(v, "factor").unwrap_or(1.0);
+    let factor = || {
+        get_f64(v, "factor")
+            .with_context(|| format!("config.json: rope scaling `{kind}` needs a number `factor`"))
+    };
     match kind {
         "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear { factor }),
-        "llama3" => Ok(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor: get_f64(v, "low_freq_factor").unwrap_or(1.0),
-            high_freq_factor: get_f64(v, "high_freq_factor").unwrap_or(4.0),
-            original_max_position_embeddings: get_f64(v, "original_max_position_embeddings")
-                .unwrap_or(8192.0),
-        }),
+        "linear" => Ok(RopeScaling::Linear { factor: factor()? }),
+        "llama3" => {
+            let low = get_f64(v, "low_freq_factor").unwrap_or(1.0);
+            let high = get_f64(v, "high_freq_factor").unwrap_or(4.0);
+            if high <= low {
+                bail!("config.json: rope scaling llama3 needs high_freq_factor ({high}) > low_freq_factor ({low})");
+            }
+            Ok(RopeScaling::Llama3 {
+                factor: factor()?,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: original_max,
+            })
+        }
         other => bail!(
             "config.json: unsupported rope scaling type `{other}` (supported: default, linear, llama3)"
         ),
@@ -216,7 +276,7 @@ mod tests {
         let mut v = base();
         v["model_type"] = json!("mamba");
         let err = ModelConfig::from_json(v).unwrap_err().to_string();
-        assert!(err.contains("mamba"), "{err}");
+        assert!(err.contains("mamba") && err.contains("qwen3"), "{err}");
     }
 
     #[test]
@@ -229,5 +289,59 @@ mod tests {
         assert!(cfg.attention_bias);
         assert_eq!(cfg.head_dim, 4);
         assert_eq!(cfg.eos_token_ids, vec![3, 4]);
+    }
+
+    #[test]
+    fn qwen3_has_qk_norm_no_bias_and_its_own_head_dim() {
+        let mut v = base();
+        v["model_type"] = json!("qwen3");
+        v["head_dim"] = json!(6);
+        let cfg = ModelConfig::from_json(v.clone()).unwrap();
+        assert!(cfg.qk_norm && !cfg.attention_bias && !cfg.o_proj_bias);
+        assert_eq!(cfg.head_dim, 6);
+        v["attention_bias"] = json!(true);
+        let cfg = ModelConfig::from_json(v.clone()).unwrap();
+        assert!(cfg.attention_bias && cfg.o_proj_bias);
+        v.as_object_mut().unwrap().remove("head_dim");
+        assert_eq!(ModelConfig::from_json(v).unwrap().head_dim, 128);
+    }
+
+    #[test]
+    fn llama3_scaling_reads_both_forms_and_falls_back_to_max_positions() {
+        let mut v = base();
+        v["max_position_embeddings"] = json!(64);
+        v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0,
+                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0});
+        let want = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64.0,
+        };
+        assert_eq!(
+            ModelConfig::from_json(v.clone()).unwrap().rope_scaling,
+            want
+        );
+        let mut v5 = base();
+        v5["max_position_embeddings"] = json!(64);
+        v5["rope_parameters"] = v["rope_scaling"].clone();
+        v5["rope_parameters"]["rope_theta"] = json!(500000.0);
+        let cfg = ModelConfig::from_json(v5).unwrap();
+        assert_eq!((cfg.rope_scaling, cfg.rope_theta), (want, 500000.0));
+        v["rope_scaling"]["rope_type"] = json!("yarn");
+        let err = ModelConfig::from_json(v).unwrap_err().to_string();
+        assert!(err.contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn sliding_layers_and_partial_rope_are_refused_by_key() {
+        let mut v = base();
+        v["layer_types"] = json!(["full_attention", "sliding_attention"]);
+        let err = ModelConfig::from_json(v).unwrap_err().to_string();
+        assert!(err.contains("layer_types"), "{err}");
+        let mut v = base();
+        v["partial_rotary_factor"] = json!(0.5);
+        let err = ModelConfig::from_json(v).unwrap_err().to_string();
+        assert!(err.contains("partial_rotary_factor"), "{err}");
     }
 }

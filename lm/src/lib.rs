@@ -2,12 +2,14 @@
 //! (Llama / Qwen2 / Qwen3 families), LoRA, tokenizer and chat template, the KV cache and the
 //! batched generation engine. It knows nothing of recommendation, tools or rewards.
 
+pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod device;
 pub mod engine;
 pub mod fsutil;
 pub mod kv_cache;
+pub mod layers;
 pub mod lora;
 pub mod model;
 pub mod policy;

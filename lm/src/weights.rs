@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -147,4 +148,71 @@ pub fn save_safetensors(
     let bytes = safetensors::serialize(refs, metadata)
         .with_context(|| format!("serializing {}", path.display()))?;
     crate::fsutil::write_atomic(path, &bytes)
+}
+
+/// Loads tensors by their HF names, candle-`VarBuilder` style: `vb.pp("self_attn")` descends
+/// one module, `vb.get("weight", shape)` loads `<prefix>.weight` from the checkpoint (shape
+/// checked, converted to the model's kind and device) and registers it in the `VarStore` under
+/// the same dotted name, so each module loads itself and the name tree follows the struct tree.
+#[derive(Clone)]
+pub struct VarBuilder<'a> {
+    ckpt: &'a Checkpoint,
+    used: &'a RefCell<HashSet<String>>,
+    path: tch::nn::Path<'a>,
+    prefix: String,
+    kind: Kind,
+}
+
+impl<'a> VarBuilder<'a> {
+    /// The root builder over `ckpt`, registering into `vs`; every loaded name goes into `used`.
+    pub fn new(
+        ckpt: &'a Checkpoint,
+        used: &'a RefCell<HashSet<String>>,
+        vs: &'a tch::nn::VarStore,
+        kind: Kind,
+    ) -> Self {
+        Self {
+            ckpt,
+            used,
+            path: vs.root(),
+            prefix: String::new(),
+            kind,
+        }
+    }
+
+    /// The builder of the submodule `name` (a module name or a layer index).
+    pub fn pp(&self, name: impl ToString) -> Self {
+        let name = name.to_string();
+        Self {
+            ckpt: self.ckpt,
+            used: self.used,
+            path: self.path.sub(&name),
+            prefix: self.name(&name),
+            kind: self.kind,
+        }
+    }
+
+    /// The full HF name of `leaf` under this builder.
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+
+    /// Whether the checkpoint holds `<prefix>.<leaf>`.
+    pub fn contains(&self, leaf: &str) -> bool {
+        self.ckpt.contains(&self.name(leaf))
+    }
+
+    /// Loads `<prefix>.<leaf>` with `shape` and registers it as a trainable variable.
+    pub fn get(&self, leaf: &str, shape: &[i64]) -> Result<Tensor> {
+        let name = self.name(leaf);
+        let t = self
+            .ckpt
+            .load(&name, shape, self.kind, self.path.device())?;
+        self.used.borrow_mut().insert(name);
+        Ok(self.path.add(leaf, t, true))
+    }
 }

@@ -121,3 +121,28 @@ fn unknown_model_type_and_missing_files_are_clear() {
     std::fs::remove_file(&cfg_path).unwrap();
     assert!(load_err(&dir).contains("config.json"));
 }
+
+#[test]
+fn every_parameter_is_registered_under_its_checkpoint_name() {
+    for family in ["qwen2", "qwen3", "llama", "llama3"] {
+        let dir = tiny_model(family);
+        let m = Model::load(&dir, Device::Cpu, Kind::Float).unwrap();
+        let mut ours: Vec<String> = m.vs.variables().into_keys().collect();
+        ours.sort();
+        let theirs: Vec<String> = tensors(&dir).into_keys().collect();
+        assert_eq!(ours, theirs, "{family}");
+    }
+}
+
+#[test]
+fn missing_qwen3_head_norm_is_named() {
+    let dir = copy_model(&tiny_model("qwen3"), "missing-qnorm");
+    let mut all = tensors(&dir);
+    all.remove("model.layers.1.self_attn.k_norm.weight");
+    save_safetensors(&all, None, &dir.join("model.safetensors")).unwrap();
+    let err = load_err(&dir);
+    assert!(
+        err.contains("model.layers.1.self_attn.k_norm.weight"),
+        "{err}"
+    );
+}

@@ -100,8 +100,11 @@ pub fn prepare_ml100k(bin: &str, out: &Path) {
     );
 }
 
-/// A tiny random HF model of `family` (qwen2: q/k/v bias, untied head, GQA; llama: tied,
-/// GQA), made once per checkout by transformers and shared by all tests.
+/// A tiny random HF model of `family`, made once per checkout by transformers (seeded) and
+/// shared by all tests: `qwen2` (q/k/v bias, untied head, GQA), `qwen2.5` (the same weights
+/// with Qwen2.5's real chat template), `qwen3` (q/k norms, head_dim 24 != hidden/heads, tied,
+/// GQA, Qwen3's real template), `llama` (tied, GQA), `llama3` (untied, llama3 RoPE scaling with
+/// original_max_position_embeddings 64). All use SmolLM2's tokenizer.
 pub fn tiny_model(family: &str) -> PathBuf {
     let dir = repo_root()
         .join("target/test-models")
