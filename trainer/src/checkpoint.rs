@@ -5,7 +5,7 @@
 
 use crate::optim::AdamW;
 use anyhow::{bail, Context, Result};
-use lm::fsutil::write_atomic;
+use lm::fsutil::{write_atomic, write_dir_atomic};
 use lm::weights::save_safetensors;
 use lm::Model;
 use std::collections::BTreeMap;
@@ -32,25 +32,20 @@ pub fn save(
     state: &serde_json::Value,
     keep: usize,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = format!("step-{step:06}");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    save_safetensors(
-        &trained_tensors(model),
-        None,
-        &tmp.join("weights.safetensors"),
-    )?;
-    save_safetensors(&opt.state(), None, &tmp.join("optimizer.safetensors"))?;
-    write_atomic(
-        &tmp.join("state.json"),
-        serde_json::to_string_pretty(state)?.as_bytes(),
-    )?;
     let target = dir.join(&name);
-    let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&tmp, &target)
-        .with_context(|| format!("renaming {} into place", tmp.display()))?;
+    write_dir_atomic(&target, |tmp| {
+        save_safetensors(
+            &trained_tensors(model),
+            None,
+            &tmp.join("weights.safetensors"),
+        )?;
+        save_safetensors(&opt.state(), None, &tmp.join("optimizer.safetensors"))?;
+        write_atomic(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )
+    })?;
     write_atomic(&dir.join("latest"), name.as_bytes())?;
     if keep > 0 {
         let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -139,33 +134,4 @@ pub fn load_optimizer(opt: &mut AdamW, ckpt: &Path) -> Result<()> {
         .map(|(k, v)| (k, v.to_device(device)))
         .collect();
     opt.load_state(&state)
-}
-
-/// With `resume`, loads the run's latest checkpoint into `model` and `opt`, drops metric lines
-/// past it, and returns its step; otherwise starts the run's metrics anew at step 0.
-pub fn resume_or_start(
-    run: &crate::run_dir::RunDir,
-    model: &Model,
-    opt: &mut AdamW,
-    resume: bool,
-) -> Result<usize> {
-    if !resume {
-        let _ = std::fs::remove_file(run.metrics_path());
-        return Ok(0);
-    }
-    let Some(ck) = latest(&run.checkpoints())? else {
-        eprintln!(
-            "no checkpoint in {}; starting fresh",
-            run.checkpoints().display()
-        );
-        return Ok(0);
-    };
-    load_weights(model, &ck)?;
-    load_optimizer(opt, &ck)?;
-    let step = read_state(&ck)?["step"]
-        .as_u64()
-        .context("checkpoint state has no step")? as usize;
-    run.truncate_metrics(step)?;
-    eprintln!("resumed from {} at step {step}", ck.display());
-    Ok(step)
 }

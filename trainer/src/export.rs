@@ -3,6 +3,7 @@
 
 use crate::checkpoint;
 use anyhow::{Context, Result};
+use lm::fsutil::{write_atomic, write_dir_atomic};
 use lm::lora::LoraConfig;
 use lm::weights::save_safetensors;
 use lm::Policy;
@@ -33,52 +34,40 @@ pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
         .filter(|(n, _)| !n.contains("lora_"))
         .map(|(n, t)| (n, t.detach()))
         .collect();
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(
-        ".{}.tmp",
-        out.file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_default()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    save_safetensors(&weights, Some(meta), &tmp.join("model.safetensors"))?;
-    let mut config = policy.model.config.raw.clone();
-    config["dtype"] = "float32".into();
-    if let Some(o) = config.as_object_mut() {
-        o.remove("quantization_config");
-        o.remove("torch_dtype");
-    }
-    lm::fsutil::write_atomic(
-        &tmp.join("config.json"),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )?;
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "chat_template.jinja",
-        "generation_config.json",
-    ] {
-        if base.join(f).exists() {
-            std::fs::copy(base.join(f), tmp.join(f)).with_context(|| format!("copying {f}"))?;
+    write_dir_atomic(out, |tmp| {
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        save_safetensors(&weights, Some(meta), &tmp.join("model.safetensors"))?;
+        let mut config = policy.model.config.raw.clone();
+        config["dtype"] = "float32".into();
+        if let Some(o) = config.as_object_mut() {
+            o.remove("quantization_config");
+            o.remove("torch_dtype");
         }
-    }
-    if !tmp.join("generation_config.json").exists() {
-        let g = serde_json::json!({"eos_token_id": policy.tokenizer.eos_ids, "bos_token_id": policy.model.config.bos_token_id});
-        lm::fsutil::write_atomic(
-            &tmp.join("generation_config.json"),
-            g.to_string().as_bytes(),
+        write_atomic(
+            &tmp.join("config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
         )?;
-    }
-    let _ = std::fs::remove_dir_all(out);
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("moving the export into {}", out.display()))?;
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "chat_template.jinja",
+            "generation_config.json",
+        ] {
+            if base.join(f).exists() {
+                std::fs::copy(base.join(f), tmp.join(f)).with_context(|| format!("copying {f}"))?;
+            }
+        }
+        if !tmp.join("generation_config.json").exists() {
+            let g = serde_json::json!({"eos_token_id": policy.tokenizer.eos_ids, "bos_token_id": policy.model.config.bos_token_id});
+            write_atomic(
+                &tmp.join("generation_config.json"),
+                g.to_string().as_bytes(),
+            )?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("exporting into {}", out.display()))?;
     Ok(())
 }

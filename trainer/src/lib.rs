@@ -1,8 +1,10 @@
 //! The trainer: trajectory synthesis, SFT, GRPO, checkpoints and export. The `recthinker`
 //! binary (src/main.rs) is a thin CLI over these modules.
 
+pub mod algos;
 pub mod checkpoint;
 pub mod config;
+pub mod evaluate;
 pub mod export;
 pub mod logprobs;
 pub mod losses;
@@ -15,4 +17,5 @@ pub mod sequence;
 pub mod sft;
 pub mod synth;
 pub mod teachers;
+pub mod train_common;
 pub mod trajectory;

@@ -1,23 +1,21 @@
 //! GRPO: each step rolls out B episodes x G samples with the current policy, scores them,
 //! computes group-relative advantages (dropping groups with no reward variance), and
-//! optimizes the clipped surrogate (with an optional k3 KL to a frozen reference) over `mu`
-//! inner epochs in micro-batches.
+//! optimizes the clipped surrogate (with an optional k3 KL to a frozen reference) over
+//! `inner_epochs` passes in micro-batches.
 
-use crate::checkpoint;
-use crate::losses::{group_advantages, GrpoLossConfig};
-use crate::optim::{lr_at, AdamW, OptimConfig};
+use crate::algos::AdvantageEstimator;
+use crate::losses::GrpoLossConfig;
+use crate::optim::{lr_at, OptimConfig};
+use crate::plot::plot_metrics;
 use crate::rl_batch::{accumulate_gradients, micro_batches, Fixed, MicroBatch};
-use crate::run_dir::RunDir;
-use crate::sft::trainable;
+use crate::train_common::{batch_indices, RunSpec, Trainee};
 use crate::trajectory::score;
 use anyhow::{bail, Result};
 use datasets::{Episode, Split};
-use lm::device::{parse_device, parse_dtype};
-use lm::engine::Engine;
 use lm::lora::LoraConfig;
 use lm::Policy;
 use reward::RewardConfig;
-use rollout::{run_agent, AgentConfig};
+use rollout::{run_batches, AgentConfig, AgentEnv};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,7 +43,12 @@ pub struct RlConfig {
     pub group_size: usize,
     /// Inner epochs over each batch of rollouts (optimizer steps per GRPO step).
     #[serde(default = "crate::config::defaults::one")]
-    pub mu: usize,
+    pub inner_epochs: usize,
+    /// The old name of `inner_epochs`: present only to reject it with a message naming the
+    /// new key (`[reward] mu`, the bad-call penalty, keeps its name).
+    #[serde(default, skip_serializing, deserialize_with = "renamed_mu")]
+    #[allow(dead_code)] // never read: deserializing it always fails
+    mu: Option<()>,
     /// Rows per forward/backward when `share_prompt` is off.
     #[serde(default = "crate::config::defaults::two")]
     pub micro_batch: usize,
@@ -54,8 +57,8 @@ pub struct RlConfig {
     #[serde(default = "yes")]
     pub share_prompt: bool,
     /// z_score, or mean_only (Dr. GRPO).
-    #[serde(default = "z_score")]
-    pub advantage: String,
+    #[serde(default)]
+    pub advantage: AdvantageEstimator,
     /// Train on groups whose rewards are all equal too (advantage 0: only the KL term acts).
     /// Off by default, as GRPO drops them; benchmarks against TRL turn it on.
     #[serde(default)]
@@ -79,9 +82,6 @@ pub struct RlConfig {
 fn yes() -> bool {
     true
 }
-fn z_score() -> String {
-    "z_score".into()
-}
 fn rl_agent() -> AgentConfig {
     AgentConfig {
         temperature: 1.0,
@@ -89,67 +89,78 @@ fn rl_agent() -> AgentConfig {
     }
 }
 
+fn renamed_mu<'de, D: serde::Deserializer<'de>>(_: D) -> Result<Option<()>, D::Error> {
+    Err(serde::de::Error::custom(
+        "`mu` was renamed to `inner_epochs` (inner epochs per GRPO step); \
+         `[reward] mu`, the bad-call penalty, keeps its name",
+    ))
+}
+
+impl RlConfig {
+    fn run_spec(&self) -> RunSpec<'_> {
+        RunSpec {
+            kind: "grpo",
+            run_dir: &self.run_dir,
+            model: &self.model,
+            device: &self.device,
+            dtype: &self.dtype,
+            seed: self.seed,
+            lora: self.lora.as_ref(),
+            steps: self.steps,
+            save_every: self.save_every,
+            keep_checkpoints: self.keep_checkpoints,
+        }
+    }
+}
+
 /// The training episodes of step `step` (seeded epochs over the train split).
 fn step_episodes(all: &[Episode], seed: u64, step: usize, b: usize) -> Vec<&Episode> {
-    crate::sft::batch_indices(all.len(), seed ^ 0x9E37, step, b)
+    batch_indices(all.len(), seed ^ 0x9E37, step, b)
         .into_iter()
         .map(|i| &all[i])
         .collect()
 }
 
 pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
-    let z = match cfg.advantage.as_str() {
-        "z_score" => true,
-        "mean_only" => false,
-        o => bail!("advantage `{o}`: expected z_score or mean_only"),
-    };
     if cfg.group_size < 2 {
         bail!("group_size must be at least 2 (advantages are relative within a group)");
     }
-    let device = parse_device(&cfg.device)?;
-    let kind = parse_dtype(&cfg.dtype)?;
+    // Seeded before the world loads, as SASRec's load draws from libtorch's RNG before the
+    // LoRA adapters initialize from it.
     tch::manual_seed(cfg.seed as i64);
     let world = tools::world::load(&cfg.data)?;
     let registry = tools::suite::standard(cfg.agent.tool_max_chars);
-    let mut policy = Policy::load(&cfg.model, device, kind)?;
-    if let Some(l) = &cfg.lora {
-        policy.model.add_lora(l)?;
-    }
+    let mut tr = Trainee::start(&cfg.run_spec(), cfg, resume)?;
     let reference = if cfg.loss.beta > 0.0 {
-        Some(Policy::load(&cfg.model, device, kind)?)
+        Some(Policy::load(&cfg.model, tr.device, tr.kind)?)
     } else {
         None
     };
-    let run = RunDir::create(&cfg.run_dir, &serde_json::to_value(cfg)?)?;
-    let mut opt = AdamW::new(trainable(&policy.model));
-    let start = checkpoint::resume_or_start(&run, &policy.model, &mut opt, resume)?;
     let train = world.data.episodes(Split::Train);
     if train.is_empty() {
         bail!("{}: no training episodes", cfg.data.display());
     }
-    let total_opt_steps = cfg.steps * cfg.mu;
-    let bar = crate::run_dir::progress_bar("grpo", "steps", cfg.steps, start)?;
+    let total_opt_steps = cfg.steps * cfg.inner_epochs;
+    let bar = crate::run_dir::progress_bar("grpo", "steps", cfg.steps, tr.start)?;
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
-    for step in start..end {
+    for step in tr.start..end {
         // 1. Rollouts with the current policy.
         let t_roll = Instant::now();
         let eps = step_episodes(train, cfg.seed, step, cfg.episodes_per_step);
         let rows = {
-            let mut engine = Engine::new(&policy.model, &policy.tokenizer);
-            engine.max_context = cfg.agent.max_context;
-            run_agent(
-                &mut engine,
-                &policy.tokenizer,
-                &policy.chat,
-                &world,
-                &registry,
-                &eps,
-                cfg.group_size,
-                &cfg.agent,
-                cfg.seed
-                    .wrapping_mul(7919)
-                    .wrapping_add((step * 1_000_003) as u64),
-            )?
+            let env = AgentEnv::for_policy(&tr.policy, &world, &registry, &cfg.agent);
+            let seed = cfg
+                .seed
+                .wrapping_mul(7919)
+                .wrapping_add((step * 1_000_003) as u64);
+            let mut rows = Vec::new();
+            // All B x G rows as one batch: GRPO's groups share their prompts in the engine.
+            let all = eps.len() * cfg.group_size;
+            run_batches(&tr.policy, &env, &eps, cfg.group_size, all, seed, |_, r| {
+                rows = r;
+                Ok(())
+            })?;
+            rows
         };
         let rollout_seconds = t_roll.elapsed().as_secs_f64();
         // 2. Rewards and group advantages.
@@ -158,16 +169,9 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             .map(|r| score(r, eps[r.episode], &cfg.reward))
             .collect();
         let rewards: Vec<f64> = scored.iter().map(|s| s.reward.total).collect();
-        let adv: Vec<Option<f64>> = group_advantages(&rewards, cfg.group_size, z)
-            .into_iter()
-            .map(|a| {
-                if cfg.keep_zero_variance_groups {
-                    Some(a.unwrap_or(0.0))
-                } else {
-                    a
-                }
-            })
-            .collect();
+        let adv =
+            cfg.advantage
+                .group_advantages(&rewards, cfg.group_size, cfg.keep_zero_variance_groups);
         let n = rewards.len() as f64;
         let mean =
             |f: &dyn Fn(&crate::trajectory::Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
@@ -189,7 +193,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             "rollout_seconds": rollout_seconds,
         });
         // 3. The batch: rows of groups with signal, as micro-batches.
-        let micro = micro_batches(&rows, &adv, cfg.share_prompt, cfg.micro_batch, device);
+        let micro = micro_batches(&rows, &adv, cfg.share_prompt, cfg.micro_batch, tr.device);
         let batch_rows: usize = micro.iter().map(MicroBatch::rows).sum();
         // Groups with signal (zero-variance ones have no advantage), and the rows trained on.
         line["groups_kept"] = serde_json::json!(adv
@@ -206,24 +210,25 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             let fixed: Vec<Fixed> = micro
                 .iter()
                 .map(|mb| Fixed {
-                    old: (cfg.mu > 1).then(|| tch::no_grad(|| mb.logprobs(&policy.model).dense)),
+                    old: (cfg.inner_epochs > 1)
+                        .then(|| tch::no_grad(|| mb.logprobs(&tr.policy.model).dense)),
                     reference: reference
                         .as_ref()
                         .map(|r| tch::no_grad(|| mb.logprobs(&r.model).dense)),
                 })
                 .collect();
-            for inner in 0..cfg.mu {
-                let stats = accumulate_gradients(&policy.model, &micro, &fixed, &cfg.loss);
+            for inner in 0..cfg.inner_epochs {
+                let stats = accumulate_gradients(&tr.policy.model, &micro, &fixed, &cfg.loss);
                 loss_sum += stats.loss;
                 kl += stats.kl;
                 clip += stats.clip_fraction;
                 entropy += stats.entropy;
-                opt.clip_grad_norm(cfg.optim.max_grad_norm);
-                lr = lr_at(&cfg.optim, step * cfg.mu + inner, total_opt_steps);
-                opt.apply(&cfg.optim, lr);
-                opt.zero_grad();
+                tr.opt.clip_grad_norm(cfg.optim.max_grad_norm);
+                lr = lr_at(&cfg.optim, step * cfg.inner_epochs + inner, total_opt_steps);
+                tr.opt.apply(&cfg.optim, lr);
+                tr.opt.zero_grad();
             }
-            let m = cfg.mu as f64;
+            let m = cfg.inner_epochs as f64;
             (kl, clip, entropy, loss_sum) = (kl / m, clip / m, entropy / m, loss_sum / m);
         }
         line["loss"] = serde_json::json!(loss_sum);
@@ -232,18 +237,51 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         line["entropy"] = serde_json::json!(entropy);
         line["lr"] = serde_json::json!(lr);
         line["train_seconds"] = serde_json::json!(t_train.elapsed().as_secs_f64());
-        run.log(&line)?;
+        tr.run.log(&line)?;
         bar.set_message(format!(
             "reward {reward_mean:.3} valid {:.2}",
             line["valid_rate"].as_f64().unwrap_or(0.0)
         ));
         bar.inc(1);
-        let done = step + 1;
-        if done % cfg.save_every.max(1) == 0 || done == cfg.steps {
-            let state = serde_json::json!({"step": done, "kind": "grpo", "base_model": cfg.model, "lora": cfg.lora, "dtype": cfg.dtype, "seed": cfg.seed});
-            run.checkpoint(done, &policy.model, &opt, &state, cfg.keep_checkpoints)?;
+        if tr.checkpoint_due(step + 1) {
+            tr.save_checkpoint(step + 1)?;
+            plot_metrics(&tr.run.root)?;
         }
     }
     bar.finish();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> std::result::Result<RlConfig, String> {
+        let text = format!("run_dir = \"r\"\nmodel = \"m\"\ndata = \"d\"\nsteps = 1\n{extra}");
+        toml::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn old_mu_key_names_its_new_name() {
+        let err = parse("mu = 2\n").unwrap_err();
+        assert!(err.contains("`mu` was renamed to `inner_epochs`"), "{err}");
+        assert_eq!(parse("inner_epochs = 2\n").unwrap().inner_epochs, 2);
+        // The reward's bad-call penalty keeps its name.
+        assert_eq!(parse("[reward]\nmu = 0.1\n").unwrap().reward.mu, 0.1);
+    }
+
+    #[test]
+    fn algorithm_choices_name_key_and_allowed_values() {
+        let cfg = parse("advantage = \"mean_only\"\n[loss]\naggregation = \"dr_grpo\"\n").unwrap();
+        assert_eq!(cfg.advantage, AdvantageEstimator::MeanOnly);
+        assert_eq!(cfg.loss.aggregation, crate::algos::Aggregation::DrGrpo);
+        let err = parse("advantage = \"zscore\"\n").unwrap_err();
+        for want in ["advantage", "zscore", "z_score", "mean_only"] {
+            assert!(err.contains(want), "{want} not in {err}");
+        }
+        let err = parse("[loss]\naggregation = \"mean\"\n").unwrap_err();
+        for want in ["aggregation", "token_mean", "sequence_mean", "dr_grpo"] {
+            assert!(err.contains(want), "{want} not in {err}");
+        }
+    }
 }

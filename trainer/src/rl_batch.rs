@@ -5,8 +5,8 @@
 //! system prompt, profile and candidates are.
 
 use crate::logprobs::{group_token_logprobs, token_logprobs, TokenLogprobs};
-use crate::losses::{grpo_loss, Aggregation, GrpoLossConfig};
-use crate::sft::pad_rows;
+use crate::losses::{grpo_loss, GrpoLossConfig};
+use crate::train_common::pad_rows;
 use lm::Model;
 use rollout::AgentRow;
 use tch::{Device, Kind, Tensor};
@@ -118,7 +118,7 @@ pub fn micro_batches(
 
 /// Log-probs fixed before the inner epochs, aligned with a micro-batch's `score_mask`.
 pub struct Fixed {
-    /// The behaviour policy's (None: the current policy's, detached, as when mu = 1).
+    /// The behaviour policy's (None: the current policy's, detached, as when inner_epochs = 1).
     pub old: Option<Tensor>,
     /// The frozen reference's, when the KL term is on.
     pub reference: Option<Tensor>,
@@ -163,10 +163,12 @@ pub fn accumulate_gradients(
             loss_cfg,
         );
         let token_share = tokens(tmask) / total_tokens.max(1.0);
-        let weight = match loss_cfg.aggregation {
-            Aggregation::TokenMean => token_share,
-            _ => mb.rows() as f64 / total_rows.max(1) as f64,
-        };
+        let weight = loss_cfg.aggregation.micro_batch_weight(
+            tokens(tmask),
+            mb.rows(),
+            total_tokens,
+            total_rows,
+        );
         let loss = terms.loss * weight;
         loss.backward();
         stats.loss += loss.double_value(&[]);

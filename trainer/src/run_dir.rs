@@ -1,4 +1,5 @@
-//! A run directory: the resolved config, metrics as JSON lines, checkpoints.
+//! A run directory: the resolved config, metrics as JSON lines, and where checkpoints
+//! (checkpoint.rs) and plots (plot.rs) go.
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -58,22 +59,6 @@ impl RunDir {
             .open(self.metrics_path())?;
         writeln!(f, "{line}")?;
         f.sync_data()?;
-        Ok(())
-    }
-}
-
-impl RunDir {
-    /// Writes checkpoint `step` (see checkpoint.rs) and redraws the plots.
-    pub fn checkpoint(
-        &self,
-        step: usize,
-        model: &lm::Model,
-        opt: &crate::optim::AdamW,
-        state: &serde_json::Value,
-        keep: usize,
-    ) -> Result<()> {
-        crate::checkpoint::save(&self.checkpoints(), step, model, opt, state, keep)?;
-        crate::plot::plot_metrics(&self.root)?;
         Ok(())
     }
 }

@@ -9,7 +9,8 @@ use crate::teachers::{Candidate, Teacher};
 use anyhow::{bail, Context, Result};
 use datasets::{Episode, Split};
 use lm::chat::Message;
-use reward::{ndcg_at_rank, parse_answer, rank_in};
+use reward::{ndcg_at_rank, rank_in};
+use rollout::protocol::parse_answer;
 use rollout::AgentConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -109,22 +110,18 @@ pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
     if let Some(dir) = cfg.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = cfg.out.with_extension("jsonl.tmp");
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
     let mut kept = Vec::new();
-    for (ep, cands) in episodes.iter().zip(played.candidates) {
-        if let Some((c, ndcg)) = select(cands, ep, cfg.min_ndcg) {
-            let line = json!({"user": world.data.users[ep.user as usize].raw_id, "pos": ep.pos, "teacher": cfg.teacher,
-                "ndcg@10": ndcg, "tool_calls": c.tool_calls, "messages": c.messages});
-            writeln!(out, "{line}")?;
-            kept.push((c.tool_calls, ndcg));
+    lm::fsutil::write_atomic_with(&cfg.out, |out| {
+        for (ep, cands) in episodes.iter().zip(played.candidates) {
+            if let Some((c, ndcg)) = select(cands, ep, cfg.min_ndcg) {
+                let line = json!({"user": world.data.users[ep.user as usize].raw_id, "pos": ep.pos, "teacher": cfg.teacher,
+                    "ndcg@10": ndcg, "tool_calls": c.tool_calls, "messages": c.messages});
+                writeln!(out, "{line}")?;
+                kept.push((c.tool_calls, ndcg));
+            }
         }
-    }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, &cfg.out)?;
+        Ok(())
+    })?;
     let mut summary = summary(&kept, episodes.len());
     summary["failed_episodes"] = json!(played.failed_episodes);
     lm::fsutil::write_atomic(

@@ -7,7 +7,8 @@ use testkit as support;
 use rollout::AgentRow;
 use support::*;
 use tch::{Device, Kind, Tensor};
-use trainer::losses::{Aggregation, GrpoLossConfig};
+use trainer::algos::Aggregation;
+use trainer::losses::GrpoLossConfig;
 use trainer::rl_batch::{accumulate_gradients, micro_batches, Fixed, PassStats};
 
 fn row(episode: usize, prompt: &[i64], rest: &[i64], rest_mask: &[u8]) -> AgentRow {

@@ -2,7 +2,8 @@
 
 use std::process::Command;
 use tch::{Kind, Tensor};
-use trainer::losses::{group_advantages, grpo_loss, sft_loss, Aggregation, GrpoLossConfig};
+use trainer::algos::{AdvantageEstimator, Aggregation};
+use trainer::losses::{grpo_loss, sft_loss, GrpoLossConfig};
 
 const NUMPY: &str = r#"
 import json, sys
@@ -99,8 +100,11 @@ fn losses_match_numpy() {
     let m = mask.to_kind(Kind::Double);
     let sft = sft_loss(&new, &mask, m.sum(Kind::Double).double_value(&[])).double_value(&[]);
     assert!((sft - want["sft"].as_f64().unwrap()).abs() < 1e-6);
-    for (z, key) in [(true, "adv_z"), (false, "adv_mean")] {
-        let ours = group_advantages(&rewards, 4, z);
+    for (estimator, key) in [
+        (AdvantageEstimator::ZScore, "adv_z"),
+        (AdvantageEstimator::MeanOnly, "adv_mean"),
+    ] {
+        let ours = estimator.group_advantages(&rewards, 4, false);
         let theirs: Vec<Option<f64>> = serde_json::from_value(want[key].clone()).unwrap();
         assert_eq!(ours.len(), theirs.len());
         for (a, b) in ours.iter().zip(&theirs) {
