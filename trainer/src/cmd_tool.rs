@@ -61,6 +61,10 @@ pub struct BaselineArgs {
     /// Also write the metrics as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write each episode's rank as a JSON line (the paired bootstrap's input,
+    /// `scripts/paired_bootstrap.py`), keyed like `recthinker eval --trajectories`.
+    #[arg(long)]
+    per_episode: Option<PathBuf>,
 }
 
 pub fn run_baseline(a: BaselineArgs) -> Result<()> {
@@ -84,6 +88,20 @@ pub fn run_baseline(a: BaselineArgs) -> Result<()> {
         s.ndcg10,
         ranks.len()
     );
+    if let Some(path) = &a.per_episode {
+        let mut text = String::new();
+        for (e, &rank) in eps.iter().zip(&ranks) {
+            let line = serde_json::json!({
+                "episode": {"split": a.split, "user": world.data.users[e.user as usize].raw_id,
+                            "pos": e.pos, "target_index": e.target_index + 1},
+                "sample": 0, "method": method.name(), "valid": true, "rank": rank,
+                "ndcg@10": reward::ndcg_at_rank(rank, 10),
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        lm::fsutil::write_atomic(path, text.as_bytes())?;
+    }
     if let Some(out) = a.out {
         let v = serde_json::json!({"ndcg@1": s.ndcg1, "ndcg@5": s.ndcg5, "ndcg@10": s.ndcg10, "users": ranks.len(),
             "method": method.name(), "subset": a.subset, "split": a.split, "seed": a.seed});

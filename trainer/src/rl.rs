@@ -4,6 +4,7 @@
 //! `inner_epochs` passes in micro-batches.
 
 use crate::algos::AdvantageEstimator;
+use crate::evaluate::validate;
 use crate::losses::GrpoLossConfig;
 use crate::optim::{lr_at, OptimConfig};
 use crate::plot::plot_metrics;
@@ -63,6 +64,15 @@ pub struct RlConfig {
     /// Off by default, as GRPO drops them; benchmarks against TRL turn it on.
     #[serde(default)]
     pub keep_zero_variance_groups: bool,
+    /// Validation: every N steps (0: never) and after the last, run the agent with
+    /// `eval_agent` (greedy by default) on the first `eval_users` validation episodes of
+    /// `data`; logs `val_ndcg@10`, `val_valid_rate` and `val_tool_calls`.
+    #[serde(default)]
+    pub eval_every: usize,
+    #[serde(default = "crate::config::defaults::sixteen")]
+    pub eval_users: usize,
+    #[serde(default = "eval_agent")]
+    pub eval_agent: AgentConfig,
     #[serde(default = "crate::config::defaults::ten")]
     pub save_every: usize,
     #[serde(default = "crate::config::defaults::three")]
@@ -82,6 +92,14 @@ pub struct RlConfig {
 fn yes() -> bool {
     true
 }
+/// The rollout settings, greedy.
+fn eval_agent() -> AgentConfig {
+    AgentConfig {
+        temperature: 0.0,
+        ..rl_agent()
+    }
+}
+
 fn rl_agent() -> AgentConfig {
     AgentConfig {
         temperature: 1.0,
@@ -237,6 +255,14 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         line["entropy"] = serde_json::json!(entropy);
         line["lr"] = serde_json::json!(lr);
         line["train_seconds"] = serde_json::json!(t_train.elapsed().as_secs_f64());
+        if cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps) {
+            let t_val = Instant::now();
+            let v = validate(&tr.policy, &world, cfg.eval_users, &cfg.eval_agent)?;
+            line["val_ndcg@10"] = serde_json::json!(v.ndcg().ndcg10);
+            line["val_valid_rate"] = serde_json::json!(v.valid_rate());
+            line["val_tool_calls"] = serde_json::json!(v.mean_tool_calls());
+            line["val_seconds"] = serde_json::json!(t_val.elapsed().as_secs_f64());
+        }
         tr.run.log(&line)?;
         bar.set_message(format!(
             "reward {reward_mean:.3} valid {:.2}",

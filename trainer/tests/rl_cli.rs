@@ -27,7 +27,7 @@ fn rl_runs_logs_checkpoints_and_resumes() {
     std::fs::write(
         &cfg,
         format!(
-            "run_dir = {:?}\nmodel = {:?}\ndata = {:?}\nsteps = 3\nepisodes_per_step = 2\ngroup_size = 2\nsave_every = 1\n[agent]\ntemperature = 1.0\nmax_new_tokens = 12\nmax_turns = 1\n[loss]\nbeta = 0.1\n",
+            "run_dir = {:?}\nmodel = {:?}\ndata = {:?}\nsteps = 3\nepisodes_per_step = 2\ngroup_size = 2\nsave_every = 1\neval_every = 2\neval_users = 2\n[eval_agent]\nmax_new_tokens = 12\nmax_turns = 1\n[agent]\ntemperature = 1.0\nmax_new_tokens = 12\nmax_turns = 1\n[loss]\nbeta = 0.1\n",
             dir.join("run"),
             tiny_model("qwen2"),
             data
@@ -64,6 +64,15 @@ fn rl_runs_logs_checkpoints_and_resumes() {
         "train_seconds",
     ] {
         assert!(lines[0].get(key).is_some(), "metrics miss {key}");
+    }
+    // Validation (greedy, 2 users) at step 2 and after the last step, not at step 1.
+    for (l, expect) in lines.iter().zip([false, true, true]) {
+        assert_eq!(l.get("val_ndcg@10").is_some(), expect, "{l}");
+        if expect {
+            let v = l["val_ndcg@10"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v));
+            assert!(l["val_valid_rate"].as_f64().is_some());
+        }
     }
     assert!(dir
         .join("run/checkpoints/step-000003/weights.safetensors")
