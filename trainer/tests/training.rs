@@ -118,16 +118,24 @@ fn kill_during_checkpointing_leaves_a_loadable_checkpoint() {
     let cfg = config_steps(&dir, "k", false, 1, 60);
     let run = dir.join("k");
     let mut seen = std::collections::HashSet::new();
-    for delay_ms in [700u64, 1300, 1900, 2600, 3400] {
+    let latest = || std::fs::read_to_string(run.join("checkpoints/latest")).ok();
+    // Each run is killed a little after it published a new checkpoint (so at varying points
+    // of the next step or of its checkpoint write), however slow the machine is.
+    for delay_ms in [0u64, 40, 90, 150, 220] {
+        let before = latest();
         let mut child = bin()
             .args(["sft", "--config", cfg.to_str().unwrap(), "--resume"])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let waited = std::time::Instant::now();
+        while latest() == before && waited.elapsed().as_secs() < 120 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        if let Ok(name) = std::fs::read_to_string(run.join("checkpoints/latest")) {
+        if let Some(name) = latest() {
             let ck = run.join("checkpoints").join(name.trim());
             let state: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(ck.join("state.json")).unwrap())
