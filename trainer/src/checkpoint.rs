@@ -48,6 +48,7 @@ pub fn save(
     })?;
     write_atomic(&dir.join("latest"), name.as_bytes())?;
     if keep > 0 {
+        let best = best(dir)?.and_then(|(p, _)| p.file_name().map(|n| n.to_owned()));
         let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -55,6 +56,8 @@ pub fn save(
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with("step-"))
             })
+            // The best validated checkpoint is kept whatever its age.
+            .filter(|p| best.is_none() || p.file_name() != best.as_deref())
             .collect();
         steps.sort();
         let excess = steps.len().saturating_sub(keep);
@@ -63,6 +66,41 @@ pub fn save(
         }
     }
     Ok(target)
+}
+
+const BEST: &str = "best.json";
+
+/// Marks checkpoint `name` (in `dir`) as the best so far by `metric` = `value`.
+pub fn mark_best(dir: &Path, name: &str, metric: &str, value: f64) -> Result<()> {
+    let v = serde_json::json!({"checkpoint": name, "metric": metric, "value": value});
+    write_atomic(
+        &dir.join(BEST),
+        serde_json::to_string_pretty(&v)?.as_bytes(),
+    )
+}
+
+/// The checkpoint marked best by validation, with its value, if any.
+pub fn best(dir: &Path) -> Result<Option<(PathBuf, f64)>> {
+    let file = dir.join(BEST);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let (Some(name), Some(value)) = (v["checkpoint"].as_str(), v["value"].as_f64()) else {
+        bail!("{}: expected {{\"checkpoint\", \"value\"}}", file.display());
+    };
+    let path = dir.join(name);
+    if !path.join("state.json").exists() {
+        bail!(
+            "{} names {}, which is missing",
+            file.display(),
+            path.display()
+        );
+    }
+    Ok(Some((path, value)))
 }
 
 /// The checkpoint `latest` points at, if any.

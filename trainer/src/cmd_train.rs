@@ -37,13 +37,30 @@ pub struct ExportArgs {
     /// Output HF directory.
     #[arg(long)]
     out: PathBuf,
+    /// With a run directory: its `latest` checkpoint, or the `best` by validation NDCG@10
+    /// (runs with `eval_every` set).
+    #[arg(long, default_value = "latest", value_parser = ["latest", "best"])]
+    select: String,
 }
 
 pub fn export_cmd(a: ExportArgs) -> Result<()> {
+    let dir = a.checkpoint.join("checkpoints");
     let ck = if a.checkpoint.join("state.json").exists() {
         a.checkpoint.clone()
+    } else if a.select == "best" {
+        let (ck, v) = trainer::checkpoint::best(&dir)?.with_context(|| {
+            format!(
+                "{}: no checkpoint was validated (set eval_every in the run's config)",
+                a.checkpoint.display()
+            )
+        })?;
+        println!(
+            "best checkpoint by validation NDCG@10: {} ({v:.4})",
+            ck.display()
+        );
+        ck
     } else {
-        trainer::checkpoint::latest(&a.checkpoint.join("checkpoints"))?
+        trainer::checkpoint::latest(&dir)?
             .with_context(|| format!("{}: no checkpoint found", a.checkpoint.display()))?
     };
     trainer::export::export(&ck, &a.out)?;

@@ -273,6 +273,9 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             tr.save_checkpoint(step + 1)?;
             plot_metrics(&tr.run.root)?;
         }
+        if let Some(v) = line["val_ndcg@10"].as_f64() {
+            tr.record_validation(step + 1, v)?;
+        }
     }
     bar.finish();
     Ok(())

@@ -112,17 +112,6 @@ pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
     pad_rows(&rows, device)
 }
 
-/// Greedy agent rollouts on validation episodes: (mean NDCG@10 with invalid = 0, valid rate).
-pub fn validate(
-    policy: &Policy,
-    world: &tools::World,
-    users: usize,
-    agent: &rollout::AgentConfig,
-) -> Result<(f64, f64)> {
-    let stats = crate::evaluate::validate(policy, world, users, agent)?;
-    Ok((stats.ndcg().ndcg10, stats.valid_rate()))
-}
-
 pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
     tch::manual_seed(cfg.seed as i64); // LoRA adapters initialize from it
     let mut tr = Trainee::start(&cfg.run_spec(), cfg, resume)?;
@@ -166,9 +155,10 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         let mut line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "seconds": t0.elapsed().as_secs_f64()});
         if let Some(w) = &val_world {
             if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
-                let (ndcg, valid) = validate(&tr.policy, w, cfg.eval_users, &cfg.eval_agent)?;
-                line["val_ndcg@10"] = serde_json::json!(ndcg);
-                line["val_valid_rate"] = serde_json::json!(valid);
+                let v = crate::evaluate::validate(&tr.policy, w, cfg.eval_users, &cfg.eval_agent)?;
+                line["val_ndcg@10"] = serde_json::json!(v.ndcg().ndcg10);
+                line["val_valid_rate"] = serde_json::json!(v.valid_rate());
+                line["val_tool_calls"] = serde_json::json!(v.mean_tool_calls());
             }
         }
         tr.run.log(&line)?;
@@ -177,6 +167,9 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         if tr.checkpoint_due(step + 1) {
             tr.save_checkpoint(step + 1)?;
             plot_metrics(&tr.run.root)?;
+        }
+        if let Some(v) = line["val_ndcg@10"].as_f64() {
+            tr.record_validation(step + 1, v)?;
         }
     }
     bar.finish();

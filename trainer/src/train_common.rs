@@ -82,8 +82,24 @@ impl Trainee {
         done.is_multiple_of(self.save_every.max(1)) || done == self.steps
     }
 
+    /// Checkpoint selection: after validation at `done` steps scored `value` (NDCG@10), makes
+    /// that step's checkpoint (saving it if the step was not due) the run's best when it
+    /// beats the previous best. `recthinker export --select best` exports it.
+    pub fn record_validation(&self, done: usize, value: f64) -> Result<bool> {
+        let dir = self.run.checkpoints();
+        if checkpoint::best(&dir)?.is_some_and(|(_, best)| best >= value) {
+            return Ok(false);
+        }
+        let name = format!("step-{done:06}");
+        if !dir.join(&name).join("state.json").exists() {
+            self.save_checkpoint(done)?;
+        }
+        checkpoint::mark_best(&dir, &name, "val_ndcg@10", value)?;
+        Ok(true)
+    }
+
     /// Writes checkpoint `done` (weights, optimizer, state; see checkpoint.rs), keeping the
-    /// newest `keep_checkpoints`.
+    /// newest `keep_checkpoints` (and the best validated one).
     pub fn save_checkpoint(&self, done: usize) -> Result<PathBuf> {
         let mut state = serde_json::json!({ "step": done });
         if let (Some(s), Some(fixed)) = (state.as_object_mut(), self.state.as_object()) {

@@ -77,4 +77,23 @@ fn rl_runs_logs_checkpoints_and_resumes() {
     assert!(dir
         .join("run/checkpoints/step-000003/weights.safetensors")
         .exists());
+    // Checkpoint selection: the best validated step is marked and exports.
+    let best: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("run/checkpoints/best.json")).unwrap(),
+    )
+    .unwrap();
+    let name = best["checkpoint"].as_str().unwrap();
+    assert!(name == "step-000002" || name == "step-000003", "{best}");
+    let step = if name.ends_with('2') { 1 } else { 2 };
+    assert_eq!(best["value"].as_f64(), lines[step]["val_ndcg@10"].as_f64());
+    ok(&[
+        "export",
+        "--checkpoint",
+        dir.join("run").to_str().unwrap(),
+        "--select",
+        "best",
+        "--out",
+        dir.join("best-export").to_str().unwrap(),
+    ]);
+    assert!(dir.join("best-export/model.safetensors").exists());
 }
