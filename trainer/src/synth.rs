@@ -1,6 +1,8 @@
 //! Trajectory synthesis for SFT: a teacher plays the Analyze-Plan-Act protocol on training
-//! episodes; a rejection filter keeps valid trajectories whose NDCG@10 reaches a threshold,
-//! preferring fewer tool calls among equals, and writes them as JSON lines with a summary.
+//! episodes; a rejection filter keeps, per episode, a valid trajectory with the best NDCG@10
+//! if it reaches a threshold (among equals: no bad calls, then a seeded choice that keeps the
+//! teacher's plans diverse, or the fewest calls), and writes them as JSON lines with a
+//! summary (how many kept, their NDCG, tool calls and which plans/tools).
 
 use crate::teachers::model::{ModelTeacher, ModelTeacherConfig};
 use crate::teachers::openai::{OpenAiConfig, OpenAiTeacher};
@@ -9,8 +11,9 @@ use crate::teachers::{Candidate, Teacher};
 use anyhow::{bail, Context, Result};
 use datasets::{Episode, Split};
 use lm::chat::Message;
+use lm::engine::StopReason;
 use reward::{ndcg_at_rank, rank_in};
-use rollout::protocol::parse_answer;
+use rollout::protocol::{classify, parse_answer, TurnAction};
 use rollout::AgentConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -34,6 +37,10 @@ pub struct SynthConfig {
     /// Keep trajectories with NDCG@10 at or above this.
     #[serde(default = "default_min_ndcg")]
     pub min_ndcg: f64,
+    /// Among the best trajectories of an episode: `diverse` (a seeded choice, so the SFT set
+    /// keeps the teacher's plan variety) or `fewest_calls`.
+    #[serde(default)]
+    pub prefer: Preference,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -42,6 +49,14 @@ pub struct SynthConfig {
     pub model: Option<ModelTeacherConfig>,
     /// For teacher = "openai".
     pub openai: Option<OpenAiConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preference {
+    #[default]
+    Diverse,
+    FewestCalls,
 }
 
 fn default_teacher() -> String {
@@ -113,11 +128,12 @@ pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
     let mut kept = Vec::new();
     lm::fsutil::write_atomic_with(&cfg.out, |out| {
         for (ep, cands) in episodes.iter().zip(played.candidates) {
-            if let Some((c, ndcg)) = select(cands, ep, cfg.min_ndcg) {
+            let pick = cfg.seed ^ ((ep.user as u64) << 24) ^ ep.pos as u64;
+            if let Some((c, ndcg)) = select(cands, ep, cfg.min_ndcg, cfg.prefer, pick) {
                 let line = json!({"user": world.data.users[ep.user as usize].raw_id, "pos": ep.pos, "teacher": cfg.teacher,
                     "ndcg@10": ndcg, "tool_calls": c.tool_calls, "messages": c.messages});
                 writeln!(out, "{line}")?;
-                kept.push((c.tool_calls, ndcg));
+                kept.push((c.tool_calls, ndcg, tools_used(&c.messages)));
             }
         }
         Ok(())
@@ -138,24 +154,72 @@ pub fn conversation_ndcg(messages: &[Message], ep: &Episode) -> Option<f64> {
     rank_in(&ranking, ep.target_index as usize).map(|r| ndcg_at_rank(r, 10))
 }
 
-/// Rejection filter: the best candidate by NDCG@10 (fewer tool calls, then fewer bad calls
-/// among equals), if it is valid and reaches `min_ndcg`.
-pub fn select(cands: Vec<Candidate>, ep: &Episode, min_ndcg: f64) -> Option<(Candidate, f64)> {
+/// Rejection filter: among valid candidates reaching `min_ndcg`, those with the best NDCG@10
+/// and, among them, the fewest bad calls; then the fewest tool calls, or (`Diverse`) the one
+/// `pick` selects (a per-episode seed), so equally good plans all appear in the SFT set.
+pub fn select(
+    cands: Vec<Candidate>,
+    ep: &Episode,
+    min_ndcg: f64,
+    prefer: Preference,
+    pick: u64,
+) -> Option<(Candidate, f64)> {
     let mut scored: Vec<(Candidate, f64)> = cands
         .into_iter()
         .filter_map(|c| conversation_ndcg(&c.messages, ep).map(|s| (c, s)))
+        .filter(|(_, s)| *s >= min_ndcg)
         .collect();
-    scored.sort_by(|a, b| {
-        b.1.total_cmp(&a.1)
-            .then(a.0.tool_calls.cmp(&b.0.tool_calls))
-            .then(a.0.bad_calls.cmp(&b.0.bad_calls))
-    });
-    scored.into_iter().next().filter(|(_, s)| *s >= min_ndcg)
+    let best = scored
+        .iter()
+        .map(|(_, s)| *s)
+        .fold(f64::NEG_INFINITY, f64::max);
+    scored.retain(|(_, s)| *s >= best - 1e-12);
+    let fewest_bad = scored.iter().map(|(c, _)| c.bad_calls).min()?;
+    scored.retain(|(c, _)| c.bad_calls == fewest_bad);
+    match prefer {
+        Preference::FewestCalls => {
+            scored.sort_by_key(|(c, _)| c.tool_calls);
+            scored.into_iter().next()
+        }
+        Preference::Diverse => {
+            // splitmix64 of the seed: a stable, well-spread choice per episode.
+            let mut z = pick.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let i = (z % scored.len() as u64) as usize;
+            Some(scored.swap_remove(i))
+        }
+    }
 }
 
-pub fn summary(kept: &[(usize, f64)], total: usize) -> serde_json::Value {
+/// The tool names a conversation called, in order.
+fn tools_used(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.role == "assistant")
+        .filter_map(
+            |m| match classify(&m.content, &StopReason::Eos, 0, usize::MAX) {
+                TurnAction::Call(raw) => tools::ToolCall::parse(&raw).ok().map(|c| c.name),
+                TurnAction::End(_) => None,
+            },
+        )
+        .collect()
+}
+
+pub fn summary(kept: &[(usize, f64, Vec<String>)], total: usize) -> serde_json::Value {
     let n = kept.len().max(1) as f64;
+    let mut plans: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut per_tool: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, _, used) in kept {
+        *plans.entry(used.join(" > ")).or_default() += 1;
+        for t in used {
+            *per_tool.entry(t.clone()).or_default() += 1;
+        }
+    }
     json!({
+        "plans": plans,
+        "tool_calls": per_tool,
         "episodes": total,
         "kept": kept.len(),
         "keep_rate": kept.len() as f64 / total.max(1) as f64,
