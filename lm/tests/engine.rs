@@ -273,3 +273,231 @@ fn rows_with_one_prompt_prefill_once_and_sample_as_if_alone() {
     }
     assert_ne!(e.row(rows[0]).ids, e.row(rows[1]).ids);
 }
+
+// ---- Prefix cache and rows admitted while others run -------------------------------------
+
+/// A long shared head (a system prompt with tool schemas) and different tails.
+fn shared_head_prompts(p: &Policy) -> Vec<Vec<i64>> {
+    let head = "You are a recommendation agent. Tools: user_profile(), item_info(candidate), \
+                similar_items(item, k), candidate_scores(model), history(n). Think, plan, act. "
+        .repeat(4);
+    [
+        "User 12 watched Heat, Fargo. Rank: Casino, Ronin.",
+        "User 7 watched Alien. Rank: Aliens, Predator, Heat.",
+        "User 3 watched nothing yet. Rank: Babe.",
+    ]
+    .iter()
+    .map(|tail| p.tokenizer.encode(&format!("{head}{tail}"), true).unwrap())
+    .collect()
+}
+
+fn sampled(seed: u64, temperature: f64, n: usize) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        max_new_tokens: n,
+        seed,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+fn common(a: &[i64], b: &[i64]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// (ids, log-probs) of each prompt run alone on a fresh engine without the prefix cache.
+fn alone(p: &Policy, prompts: &[Vec<i64>], params: &[SamplingParams]) -> Vec<(Vec<i64>, Vec<f32>)> {
+    prompts
+        .iter()
+        .zip(params)
+        .map(|(ids, params)| {
+            let mut e = Engine::new(&p.model, &p.tokenizer);
+            e.prefix_cache = false;
+            let r = e.add_row(ids, params.clone()).unwrap();
+            e.run().unwrap();
+            assert_eq!(e.fed_tokens_saved, 0);
+            (e.row(r).ids.clone(), e.row(r).logprobs.clone())
+        })
+        .collect()
+}
+
+/// Same tokens, log-probs within `tol`. Rows computed alone (decode matmuls of one row) agree
+/// with the prefix cache on and off to ~3e-6 in f32; a row in a batch differs from itself
+/// alone by up to ~6e-5 whatever the cache (the matmuls' shapes change with the batch), hence
+/// two tolerances.
+fn assert_same_row(got: (&[i64], &[f32]), want: &(Vec<i64>, Vec<f32>), tol: f32, what: &str) {
+    assert_eq!(got.0, &want.0[..], "{what}: tokens differ");
+    let worst = got
+        .1
+        .iter()
+        .zip(&want.1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("{what}: max |dlogprob| {worst:e}");
+    for (t, (a, b)) in got.1.iter().zip(&want.1).enumerate() {
+        assert!((a - b).abs() < tol, "{what} pos {t}: {a} vs {b}");
+    }
+}
+
+/// Rows admitted together share the head: the first prefills it, the others wait one step
+/// and copy it; greedy and sampled rows give the tokens and log-probs of each row alone.
+#[test]
+fn prefix_cache_shares_a_head_among_rows_admitted_together() {
+    for family in ["qwen2", "llama"] {
+        let p = Policy::load(&tiny_model(family), Device::Cpu, Kind::Float).unwrap();
+        let prompts = shared_head_prompts(&p);
+        assert!(
+            common(&prompts[0], &prompts[1]) > 150,
+            "the head must be long"
+        );
+        for temperature in [0.0, 0.8] {
+            let params: Vec<SamplingParams> = (0..3)
+                .map(|s| sampled(s as u64 + 5, temperature, 10 + 4 * s))
+                .collect();
+            let want = alone(&p, &prompts, &params);
+            let mut e = Engine::new(&p.model, &p.tokenizer);
+            let rows: Vec<usize> = prompts
+                .iter()
+                .zip(&params)
+                .map(|(ids, pr)| e.add_row(ids, pr.clone()).unwrap())
+                .collect();
+            e.run().unwrap();
+            // Rows 1 and 2 copied the longest prefix row 0 (already prefilled) holds.
+            let expect: usize = [1, 2]
+                .iter()
+                .map(|&k| common(&prompts[0], &prompts[k]).min(prompts[k].len() - 1))
+                .sum();
+            assert_eq!(e.prefix_tokens_reused, expect, "{family}");
+            assert_eq!(e.fed_tokens_saved, expect);
+            let total: usize = prompts.iter().map(Vec::len).sum();
+            assert_eq!(e.prefilled_tokens, total - expect);
+            for (k, &r) in rows.iter().enumerate() {
+                let row = e.row(r);
+                assert_same_row(
+                    (&row.ids, &row.logprobs),
+                    &want[k],
+                    1e-4,
+                    &format!("{family} t={temperature} row {k}"),
+                );
+            }
+        }
+    }
+}
+
+/// A row added while others are mid-generation reuses a live row's prompt *and* generated
+/// tokens (an earlier turn), and a row added after every other finished reuses a stored
+/// prefix; both continue exactly as alone. Without the cache nothing is shared.
+#[test]
+fn prefix_cache_reuses_live_rows_and_stored_prefixes() {
+    for (family, temperature) in [("qwen2", 0.0), ("llama", 0.9)] {
+        let p = Policy::load(&tiny_model(family), Device::Cpu, Kind::Float).unwrap();
+        let prompts = shared_head_prompts(&p);
+        let params = |seed| sampled(seed, temperature, 8);
+        for cache in [true, false] {
+            let what = format!("{family} t={temperature} cache={cache}");
+            let mut e = Engine::new(&p.model, &p.tokenizer);
+            e.prefix_cache = cache;
+            let a = e.add_row(&prompts[0], params(1)).unwrap();
+            e.run().unwrap();
+            // A later turn of A's conversation: its whole record plus a tool response.
+            let forced = p
+                .tokenizer
+                .encode("<tool_response>Casino (1995)</tool_response>", false)
+                .unwrap();
+            let mut turn2 = e.row(a).ids.clone();
+            turn2.extend(&forced);
+            let b = e.add_row(&turn2, params(2)).unwrap();
+            e.run().unwrap();
+            let reused_live = e.prefix_tokens_reused;
+            e.finish(a);
+            e.finish(b);
+            // Episodes one after another: each reuses the head from a stored prefix.
+            let mut later = Vec::new();
+            for (k, prompt) in prompts.iter().enumerate().skip(1) {
+                let c = e.add_row(prompt, params(3 + k as u64)).unwrap();
+                e.run().unwrap();
+                e.finish(c);
+                later.push(c);
+            }
+            let reused_stored = e.prefix_tokens_reused - reused_live;
+            let want = alone(
+                &p,
+                &[turn2.clone(), prompts[1].clone(), prompts[2].clone()],
+                &[params(2), params(4), params(5)],
+            );
+            let row = e.row(b);
+            assert_same_row((&row.ids, &row.logprobs), &want[0], 1e-5, &what);
+            for (k, &c) in later.iter().enumerate() {
+                let row = e.row(c);
+                assert_same_row((&row.ids, &row.logprobs), &want[k + 1], 1e-5, &what);
+            }
+            if cache {
+                // A's cache held everything but its last sampled token.
+                assert_eq!(reused_live, prompts[0].len() + 8 - 1);
+                let head = common(&prompts[0], &prompts[1]);
+                let head2 = common(&prompts[1], &prompts[2]).max(common(&prompts[0], &prompts[2]));
+                assert_eq!(reused_stored, head + head2, "{what}");
+                // Two slots: later rows took stored slots instead of growing the cache.
+                assert!(e.cache_slots() <= 2, "{} slots", e.cache_slots());
+            } else {
+                assert_eq!(e.fed_tokens_saved, 0);
+            }
+        }
+    }
+}
+
+/// Rows admitted one by one while earlier ones are still generating (continuous batching at
+/// the engine level), with varying budgets and slots freed as rows finish, give each row's
+/// tokens and log-probs alone.
+#[test]
+fn rows_admitted_mid_run_equal_each_row_alone() {
+    let p = Policy::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap();
+    let mut prompts = shared_head_prompts(&p);
+    prompts.extend(self::prompts(&p));
+    let params: Vec<SamplingParams> = (0..prompts.len())
+        .map(|k| sampled(k as u64, if k % 2 == 0 { 0.0 } else { 0.7 }, 6 + 5 * k))
+        .collect();
+    let want = alone(&p, &prompts, &params);
+    let mut e = Engine::new(&p.model, &p.tokenizer);
+    let mut ids = Vec::new();
+    let mut next = 0;
+    // At most two rows in flight: a new one is admitted as soon as one finishes.
+    while next < prompts.len() || e.running() > 0 {
+        while e.running() < 2 && next < prompts.len() {
+            ids.push(e.add_row(&prompts[next], params[next].clone()).unwrap());
+            next += 1;
+        }
+        for r in e.step().unwrap() {
+            e.finish(r);
+        }
+    }
+    assert!(e.cache_slots() <= 2 + 4, "slots stay bounded");
+    assert!(e.prefix_tokens_reused > 0);
+    for (k, &r) in ids.iter().enumerate() {
+        assert_same_row(
+            (&e.row(r).ids, &e.row(r).logprobs),
+            &want[k],
+            1e-4,
+            &format!("row {k}"),
+        );
+    }
+}
+
+/// Keys/values computed with old weights are never reused: a weight change while the engine
+/// holds a cache is an error, not silently stale output.
+#[test]
+fn engine_refuses_to_run_after_a_weight_change() {
+    let p = Policy::load(&tiny_model("llama"), Device::Cpu, Kind::Float).unwrap();
+    let prompt = &prompts(&p)[1];
+    let mut e = Engine::new(&p.model, &p.tokenizer);
+    let r = e.add_row(prompt, greedy(3)).unwrap();
+    e.step().unwrap();
+    tch::no_grad(|| {
+        for (_, mut t) in p.model.vs.variables() {
+            let _ = t.f_add_scalar_(1e-3).unwrap();
+        }
+    });
+    let err = e.step().unwrap_err().to_string();
+    assert!(err.contains("weights changed"), "{err}");
+    assert_eq!(e.row(r).state, RowState::Running);
+}
