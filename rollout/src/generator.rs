@@ -21,6 +21,8 @@ pub trait Generator {
     fn finish(&mut self, row: RowId);
     /// (ids, mask, logprobs) of the row.
     fn record(&self, row: RowId) -> (&[i64], &[u8], &[f32]);
+    /// Drops a finished row's record once the caller copied it (long runs stay bounded).
+    fn forget(&mut self, _row: RowId) {}
 }
 
 impl Generator for Engine<'_> {
@@ -63,5 +65,9 @@ impl Generator for Engine<'_> {
     fn record(&self, row: RowId) -> (&[i64], &[u8], &[f32]) {
         let r = self.row(row);
         (&r.ids, &r.mask, &r.logprobs)
+    }
+
+    fn forget(&mut self, row: RowId) {
+        Engine::forget(self, row)
     }
 }

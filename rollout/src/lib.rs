@@ -15,4 +15,4 @@ pub use config::AgentConfig;
 pub use episode::{AgentRow, CallRecord, EndReason};
 pub use generator::{Generator, TurnEnd};
 pub use protocol::ChatProtocol;
-pub use run::{run_agent, run_batches, AgentEnv};
+pub use run::{run_agent, run_agent_continuous, run_batches, AgentEnv};
