@@ -180,6 +180,17 @@ impl Prepared {
     pub fn history(&self, e: &Episode) -> &[Event] {
         &self.sequences[e.user as usize][..e.pos as usize]
     }
+
+    /// The split an episode belongs to, from its position: the user's last event is the test
+    /// target, the second-to-last the validation target, earlier ones training targets.
+    pub fn split_of(&self, e: &Episode) -> Split {
+        let n = self.sequences[e.user as usize].len();
+        match n.saturating_sub(e.pos as usize + 1) {
+            0 => Split::Test,
+            1 => Split::Valid,
+            _ => Split::Train,
+        }
+    }
 }
 
 pub fn prepare(raw: &RawDataset, config: &PrepareConfig) -> Result<Prepared> {

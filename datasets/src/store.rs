@@ -1,5 +1,6 @@
 //! The HDF5 store: one file holds the prepared dataset (schema version and the config that
-//! made it as attributes), and the collaborative models trained on it (under `/models`).
+//! made it as attributes), and the collaborative models trained on it: `/models` on the
+//! evaluation horizon, `/models_train` on the training horizon (`tools::world::Horizon`).
 //! Files are written to a temporary path and renamed, so a crash never leaves a torn file.
 
 use crate::prepare::{Episode, Event, Item, KnowledgeGraph, PrepareConfig, Prepared, User};
@@ -7,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use hdf5::types::{H5Type, VarLenUnicode};
 use std::path::{Path, PathBuf};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: a second model set, `/models_train`, for training episodes.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub struct Writer {
     file: hdf5::File,

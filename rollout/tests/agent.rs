@@ -9,8 +9,7 @@ use lm::tokenizer::Tokenizer;
 use rollout::scripted::Scripted;
 use rollout::{run_agent, AgentConfig, AgentEnv, AgentRow, EndReason};
 use support::*;
-use tools::models::{CfModels, TrainOptions};
-use tools::world::train_sequences;
+use tools::models::TrainOptions;
 use tools::World;
 
 fn world() -> World {
@@ -23,8 +22,7 @@ fn world() -> World {
         sasrec_epochs: 1,
         progress: false,
     };
-    let m = CfModels::train(&d, &train_sequences(&d), &opts).unwrap();
-    World::new(d, m)
+    World::train(d, &opts).unwrap()
 }
 
 fn run(scripts: Vec<Vec<String>>, cfg: &AgentConfig) -> (Vec<AgentRow>, usize) {

@@ -1,6 +1,6 @@
 //! The classical recommenders the agent must beat, scoring an episode's candidates.
 
-use crate::world::World;
+use crate::world::{EpisodeView, World};
 use anyhow::{bail, Result};
 use datasets::Episode;
 use rand::rngs::StdRng;
@@ -44,15 +44,16 @@ impl Method {
     }
 }
 
-/// Scores for each candidate (higher is better).
+/// Scores for each candidate (higher is better), from what the episode's horizon knows.
 pub fn scores(w: &World, e: &Episode, method: Method, rng: &mut StdRng) -> Vec<f64> {
-    let history = w.data.history(e);
+    let ep = EpisodeView::new(w, e);
+    let (history, k) = (ep.history, ep.knowledge);
     match method {
         Method::Random => e.candidates.iter().map(|_| rng.random::<f64>()).collect(),
         Method::Pop => e
             .candidates
             .iter()
-            .map(|&c| w.item_stats[c as usize].count as f64)
+            .map(|&c| k.item_stats[c as usize].count as f64)
             .collect(),
         Method::ItemKnn => e
             .candidates
@@ -60,18 +61,18 @@ pub fn scores(w: &World, e: &Episode, method: Method, rng: &mut StdRng) -> Vec<f
             .map(|&c| {
                 history
                     .iter()
-                    .map(|h| w.models.cooc.sim(h.item, c) as f64)
+                    .map(|h| k.models.cooc.sim(h.item, c) as f64)
                     .sum()
             })
             .collect(),
         Method::Bpr => e
             .candidates
             .iter()
-            .map(|&c| w.models.bpr.score(e.user, c) as f64)
+            .map(|&c| k.models.bpr.score(e.user, c) as f64)
             .collect(),
         Method::SasRec => {
             let items: Vec<u32> = history.iter().map(|h| h.item).collect();
-            w.models
+            k.models
                 .sasrec
                 .score(&items, &e.candidates)
                 .into_iter()

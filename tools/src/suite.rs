@@ -234,7 +234,14 @@ impl Tool for SimilarUsers {
     }
     fn call(&self, w: &World, ep: &EpisodeView, args: &Args) -> Result<String, String> {
         let k = args.get("k").and_then(Value::as_i64).unwrap_or(5) as usize;
-        let neighbors: Vec<(u32, f32)> = w.models.userknn.neighbors.of(ep.user).take(k).collect();
+        let neighbors: Vec<(u32, f32)> = ep
+            .knowledge
+            .models
+            .userknn
+            .neighbors
+            .of(ep.user)
+            .take(k)
+            .collect();
         if neighbors.is_empty() {
             return Ok("No similar users found.".into());
         }
@@ -246,7 +253,7 @@ impl Tool for SimilarUsers {
             let cands: HashSet<u32> = ep.candidates.iter().copied().collect();
             let mut per_cand: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
             for &(v, _) in &neighbors {
-                for e in &w.train_sequences[v as usize] {
+                for e in &ep.knowledge.sequences[v as usize] {
                     if cands.contains(&e.item) {
                         let idx = ep.candidates.iter().position(|&c| c == e.item).unwrap_or(0);
                         per_cand.entry(idx).or_default().push(e.rating);
@@ -281,7 +288,7 @@ impl Tool for SimilarUsers {
         let lines: Vec<String> = neighbors
             .iter()
             .map(|&(v, sim)| {
-                let seq = &w.train_sequences[v as usize];
+                let seq = &ep.knowledge.sequences[v as usize];
                 let liked: Vec<String> = seq
                     .iter()
                     .rev()
@@ -340,13 +347,14 @@ impl Tool for ItemInfo {
         if let Some(p) = m.price {
             out.push_str(&format!("\nPrice: ${p:.2}."));
         }
-        let s = &w.item_stats[item as usize];
-        let rank = 1 + w.item_stats.iter().filter(|o| o.count > s.count).count();
+        let stats = &ep.knowledge.item_stats;
+        let s = &stats[item as usize];
+        let rank = 1 + stats.iter().filter(|o| o.count > s.count).count();
         match s.mean_rating() {
             Some(mean) => out.push_str(&format!(
                 "\nPopularity: {} interactions (rank {rank} of {}), mean rating {mean:.2}.",
                 s.count,
-                w.item_stats.len()
+                stats.len()
             )),
             None => out.push_str("\nPopularity: no interactions in the training data."),
         }
@@ -419,7 +427,8 @@ impl Tool for ItemRelations {
             }
         }
         if want == "any" || want == "co_liked" {
-            let co: Vec<String> = w
+            let co: Vec<String> = ep
+                .knowledge
                 .models
                 .cooc
                 .counts
@@ -428,7 +437,8 @@ impl Tool for ItemRelations {
                 .take(8)
                 .map(|(o, c)| format!("{} ({}, {} users)", w.title(o), tag(ep, o), c as u32))
                 .collect();
-            let top: Vec<String> = w
+            let top: Vec<String> = ep
+                .knowledge
                 .models
                 .cooc
                 .counts

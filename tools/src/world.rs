@@ -1,11 +1,20 @@
-//! What the tools know: the prepared dataset seen through the training split only
-//! (PROTOCOL.md leakage rule), plus the collaborative models trained on that split.
+//! What the tools know: the prepared dataset seen through one of two knowledge horizons
+//! (PROTOCOL.md leakage rule), plus the collaborative models trained on that horizon.
+//!
+//! - `Horizon::Eval`: each user's sequence minus the validation and test targets (the
+//!   training split). Validation and test episodes see this.
+//! - `Horizon::Train`: each user's sequence cut before their earliest training-episode
+//!   position, so no training target (nor anything after it) is known. Training episodes
+//!   (synthesis, SFT, GRPO) see this, so their evidence is no better than at test time.
+//!
+//! Item metadata, the knowledge graph and titles do not depend on interactions and live on
+//! `World` itself.
 
-use crate::models::CfModels;
-use datasets::{Episode, Event, Prepared};
+use crate::models::{CfModels, TrainOptions};
+use datasets::{Episode, Event, Prepared, Split};
 use std::collections::HashMap;
 
-/// Per-item statistics from the training split.
+/// Per-item statistics from the sequences of one horizon.
 #[derive(Debug, Clone, Default)]
 pub struct ItemStats {
     pub count: u32,
@@ -18,39 +27,118 @@ impl ItemStats {
     }
 }
 
+/// How far into each user's sequence the tools may look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Horizon {
+    /// Everything before the validation target: for validation and test episodes.
+    Eval,
+    /// Everything before the user's earliest training-episode target: for training episodes.
+    Train,
+}
+
+impl Horizon {
+    pub const ALL: [Horizon; 2] = [Horizon::Eval, Horizon::Train];
+
+    /// The horizon an episode of `split` sees.
+    pub fn of(split: Split) -> Self {
+        match split {
+            Split::Train => Self::Train,
+            Split::Valid | Split::Test => Self::Eval,
+        }
+    }
+
+    /// The HDF5 group its models are stored under.
+    pub fn group(self) -> &'static str {
+        match self {
+            Self::Eval => "models",
+            Self::Train => "models_train",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Eval => "eval",
+            Self::Train => "train",
+        }
+    }
+}
+
+/// Where each user's known sequence ends (exclusive) under `horizon`.
+pub fn horizon_cuts(data: &Prepared, horizon: Horizon) -> Vec<usize> {
+    let mut cut: Vec<usize> = data
+        .sequences
+        .iter()
+        .map(|s| s.len().saturating_sub(2))
+        .collect();
+    if horizon == Horizon::Train {
+        for e in &data.train {
+            let c = &mut cut[e.user as usize];
+            *c = (*c).min(e.pos as usize);
+        }
+    }
+    cut
+}
+
+/// Each user's sequence as `horizon` knows it: what its models are trained on.
+pub fn horizon_sequences(data: &Prepared, horizon: Horizon) -> Vec<Vec<Event>> {
+    data.sequences
+        .iter()
+        .zip(horizon_cuts(data, horizon))
+        .map(|(s, cut)| s[..cut].to_vec())
+        .collect()
+}
+
+/// What the tools know under one horizon: the sequences, per-item statistics and the
+/// collaborative models trained on exactly those sequences.
+pub struct Knowledge {
+    pub horizon: Horizon,
+    /// Each user's known sequence (`horizon_sequences`).
+    pub sequences: Vec<Vec<Event>>,
+    pub item_stats: Vec<ItemStats>,
+    pub models: CfModels,
+}
+
+impl Knowledge {
+    /// `models` must have been trained on `horizon_sequences(data, horizon)`.
+    pub fn new(data: &Prepared, horizon: Horizon, models: CfModels) -> Self {
+        let sequences = horizon_sequences(data, horizon);
+        let mut item_stats = vec![ItemStats::default(); data.items.len()];
+        for e in sequences.iter().flatten() {
+            let s = &mut item_stats[e.item as usize];
+            s.count += 1;
+            s.rating_sum += e.rating as f64;
+        }
+        Self {
+            horizon,
+            sequences,
+            item_stats,
+            models,
+        }
+    }
+}
+
 pub struct World {
     pub data: Prepared,
-    /// Each user's training history: the sequence minus the validation and test targets.
-    pub train_sequences: Vec<Vec<Event>>,
-    pub item_stats: Vec<ItemStats>,
+    /// What validation and test episodes' tools know (the training split).
+    pub eval: Knowledge,
+    /// What training episodes' tools know (cut before each user's first training target).
+    pub train: Knowledge,
     /// item -> [(relation, entity)] from the knowledge graph.
     pub kg_by_item: Vec<Vec<(u32, u32)>>,
     /// (relation, entity) -> items.
     pub kg_by_entity: HashMap<(u32, u32), Vec<u32>>,
-    pub models: CfModels,
     /// Amazon relations resolved to item indices.
     pub also_buy: Vec<Vec<u32>>,
     pub also_view: Vec<Vec<u32>>,
     pub item_by_raw_id: HashMap<String, u32>,
 }
 
-/// Each user's training history: everything before the validation target.
-pub fn train_sequences(data: &Prepared) -> Vec<Vec<Event>> {
-    data.sequences
-        .iter()
-        .map(|s| s[..s.len().saturating_sub(2)].to_vec())
-        .collect()
-}
-
 impl World {
-    pub fn new(data: Prepared, models: CfModels) -> Self {
-        let train_sequences = train_sequences(&data);
-        let mut item_stats = vec![ItemStats::default(); data.items.len()];
-        for e in train_sequences.iter().flatten() {
-            let s = &mut item_stats[e.item as usize];
-            s.count += 1;
-            s.rating_sum += e.rating as f64;
-        }
+    /// `eval_models` trained on `horizon_sequences(&data, Horizon::Eval)`, `train_models` on
+    /// `horizon_sequences(&data, Horizon::Train)` (`World::train` does both).
+    pub fn new(data: Prepared, eval_models: CfModels, train_models: CfModels) -> Self {
+        let eval = Knowledge::new(&data, Horizon::Eval, eval_models);
+        let train = Knowledge::new(&data, Horizon::Train, train_models);
         let mut kg_by_item = vec![Vec::new(); data.items.len()];
         let mut kg_by_entity: HashMap<(u32, u32), Vec<u32>> = HashMap::new();
         for &(item, rel, ent) in &data.kg.facts {
@@ -80,15 +168,33 @@ impl World {
             .collect();
         Self {
             data,
-            train_sequences,
-            item_stats,
+            eval,
+            train,
             kg_by_item,
             kg_by_entity,
-            models,
             also_buy,
             also_view,
             item_by_raw_id,
         }
+    }
+
+    /// Trains both horizons' models with the same options and builds the world.
+    pub fn train(data: Prepared, opts: &TrainOptions) -> anyhow::Result<Self> {
+        let [eval, train] =
+            Horizon::ALL.map(|h| CfModels::train(&data, &horizon_sequences(&data, h), opts));
+        Ok(Self::new(data, eval?, train?))
+    }
+
+    pub fn knowledge(&self, horizon: Horizon) -> &Knowledge {
+        match horizon {
+            Horizon::Eval => &self.eval,
+            Horizon::Train => &self.train,
+        }
+    }
+
+    /// What an episode's tools know: `train` for training episodes, `eval` otherwise.
+    pub fn knowledge_for(&self, e: &Episode) -> &Knowledge {
+        self.knowledge(Horizon::of(self.data.split_of(e)))
     }
 
     /// "Title (year) [Genre, Genre]" with at most `max_categories` categories.
@@ -118,11 +224,13 @@ impl World {
     }
 }
 
-/// One episode as the tools see it: who, what came before the target, which candidates.
+/// One episode as the tools see it: who, what came before the target, which candidates,
+/// and what the tools know (the horizon of the episode's split).
 pub struct EpisodeView<'a> {
     pub user: u32,
     pub history: &'a [Event],
     pub candidates: &'a [u32],
+    pub knowledge: &'a Knowledge,
 }
 
 impl<'a> EpisodeView<'a> {
@@ -131,20 +239,25 @@ impl<'a> EpisodeView<'a> {
             user: e.user,
             history: world.data.history(e),
             candidates: &e.candidates,
+            knowledge: world.knowledge_for(e),
         }
     }
 }
 
-/// Opens a prepared HDF5 file with its stored models.
+/// Opens a prepared HDF5 file with both horizons' stored models.
 pub fn load(path: &std::path::Path) -> anyhow::Result<World> {
     let r = datasets::store::Reader::open(path)?;
     let data = datasets::store::read_prepared(&r)?;
-    if !r.has("models/bpr/dim") {
-        anyhow::bail!(
-            "{}: has no trained models (/models); run `recthinker data prepare` again",
-            path.display()
-        );
-    }
-    let models = CfModels::load(&r)?;
-    Ok(World::new(data, models))
+    let [eval, train] = Horizon::ALL.map(|h| {
+        let group = h.group();
+        if !r.has(&format!("{group}/bpr/dim")) {
+            anyhow::bail!(
+                "{}: has no trained {} models (/{group}); run `recthinker data prepare` again",
+                path.display(),
+                h.name()
+            );
+        }
+        CfModels::load(&r, group)
+    });
+    Ok(World::new(data, eval?, train?))
 }

@@ -1,14 +1,14 @@
-//! On real MovieLens-100k: the store round-trips, tools fail gracefully on bad calls, and
-//! nothing a tool says about an evaluation episode depends on its held-out interaction.
+//! On real MovieLens-100k: the store round-trips, tools fail gracefully on bad calls,
+//! nothing a tool says about an evaluation episode depends on its held-out interaction, and
+//! nothing a tool says about a training episode depends on its target or what follows.
 
 use datasets::prepare::Prepared;
 use datasets::store::{read_prepared, write_prepared, Reader, Writer};
-use datasets::{prepare, read_raw, PrepareConfig, Split, Subset};
+use datasets::{prepare, read_raw, Episode, PrepareConfig, Split, Subset};
 use serde_json::json;
 use std::sync::OnceLock;
-use tools::models::{CfModels, TrainOptions};
-use tools::world::train_sequences;
-use tools::{EpisodeView, World};
+use tools::models::TrainOptions;
+use tools::{EpisodeView, Horizon, World};
 
 fn quick() -> TrainOptions {
     TrainOptions {
@@ -29,8 +29,7 @@ fn data() -> &'static Prepared {
 }
 
 fn world_of(d: Prepared) -> World {
-    let models = CfModels::train(&d, &train_sequences(&d), &quick()).unwrap();
-    World::new(d, models)
+    World::train(d, &quick()).unwrap()
 }
 
 fn world() -> &'static World {
@@ -38,8 +37,14 @@ fn world() -> &'static World {
     W.get_or_init(|| world_of(data().clone()))
 }
 
-/// Every tool with every argument shape the agent can use, for one episode.
+/// Every tool with every argument shape the agent can use, for each episode of `split`.
 fn all_outputs(w: &World, split: Split) -> Vec<String> {
+    let episodes: Vec<&Episode> = w.data.episodes(split).iter().collect();
+    outputs_of(w, &episodes)
+}
+
+/// Every tool with every argument shape the agent can use, for each of `episodes`.
+fn outputs_of(w: &World, episodes: &[&Episode]) -> Vec<String> {
     let reg = tools::suite::standard(4000);
     let mut calls = vec![
         json!({"name": "user_profile", "arguments": {}}),
@@ -53,7 +58,7 @@ fn all_outputs(w: &World, split: Split) -> Vec<String> {
         calls.push(json!({"name": "item_relations", "arguments": {"candidate": c}}));
     }
     let mut out = Vec::new();
-    for e in w.data.episodes(split) {
+    for e in episodes {
         let view = EpisodeView::new(w, e);
         for c in &calls {
             out.push(reg.call_text(w, &view, &c.to_string()).text);
@@ -94,13 +99,13 @@ fn tool_outputs_do_not_depend_on_held_out_interactions() {
         for e in base.data.episodes(split) {
             let items: Vec<u32> = base.data.history(e).iter().map(|h| h.item).collect();
             assert_eq!(
-                base.models.sasrec.score(&items, &e.candidates),
-                alt.models.sasrec.score(&items, &e.candidates)
+                base.eval.models.sasrec.score(&items, &e.candidates),
+                alt.eval.models.sasrec.score(&items, &e.candidates)
             );
             for &c in &e.candidates {
                 assert_eq!(
-                    base.models.bpr.score(e.user, c),
-                    alt.models.bpr.score(e.user, c)
+                    base.eval.models.bpr.score(e.user, c),
+                    alt.eval.models.bpr.score(e.user, c)
                 );
             }
         }
@@ -113,7 +118,8 @@ fn evaluation_targets_are_absent_from_what_tools_know() {
     for split in [Split::Valid, Split::Test] {
         for e in w.data.episodes(split) {
             let target = w.data.target(e);
-            let train = &w.train_sequences[e.user as usize];
+            assert_eq!(EpisodeView::new(w, e).knowledge.horizon, Horizon::Eval);
+            let train = &w.eval.sequences[e.user as usize];
             assert!(
                 train.iter().all(|x| x.item != target),
                 "target in the user's training data"
@@ -124,14 +130,16 @@ fn evaluation_targets_are_absent_from_what_tools_know() {
             );
             // Popularity counts only training interactions.
             let count = w
-                .train_sequences
+                .eval
+                .sequences
                 .iter()
                 .flatten()
                 .filter(|x| x.item == target)
                 .count();
-            assert_eq!(w.item_stats[target as usize].count as usize, count);
+            assert_eq!(w.eval.item_stats[target as usize].count as usize, count);
             // Similar users never include the user; their lists come from training data.
             assert!(w
+                .eval
                 .models
                 .userknn
                 .neighbors
@@ -220,19 +228,221 @@ fn store_round_trips_data_and_models() {
     let path = std::env::temp_dir().join(format!("recthinker-store-{}.h5", std::process::id()));
     let writer = Writer::create(&path).unwrap();
     write_prepared(&writer, &w.data).unwrap();
-    w.models.save(&writer).unwrap();
+    for h in Horizon::ALL {
+        w.knowledge(h).models.save(&writer, h.group()).unwrap();
+    }
     writer.finish().unwrap();
     let r = Reader::open(&path).unwrap();
     assert_eq!(&read_prepared(&r).unwrap(), &w.data);
     let loaded = tools::world::load(&path).unwrap();
-    assert_eq!(loaded.models.cooc.sims, w.models.cooc.sims);
-    assert_eq!(loaded.models.userknn.neighbors, w.models.userknn.neighbors);
-    let e = &w.data.test[0];
-    let items: Vec<u32> = w.data.history(e).iter().map(|h| h.item).collect();
-    assert_eq!(
-        loaded.models.sasrec.score(&items, &e.candidates),
-        w.models.sasrec.score(&items, &e.candidates)
+    for h in Horizon::ALL {
+        let (l, k) = (&loaded.knowledge(h).models, &w.knowledge(h).models);
+        assert_eq!(l.cooc.sims, k.cooc.sims);
+        assert_eq!(l.userknn.neighbors, k.userknn.neighbors);
+        let e = &w.data.test[0];
+        let items: Vec<u32> = w.data.history(e).iter().map(|h| h.item).collect();
+        assert_eq!(
+            l.sasrec.score(&items, &e.candidates),
+            k.sasrec.score(&items, &e.candidates)
+        );
+        assert_eq!(l.bpr.score(3, 7), k.bpr.score(3, 7));
+    }
+    // The two horizons really are different models.
+    assert_ne!(
+        w.eval.models.userknn.neighbors,
+        w.train.models.userknn.neighbors
     );
-    assert_eq!(loaded.models.bpr.score(3, 7), w.models.bpr.score(3, 7));
     let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_store_without_the_training_models_is_refused() {
+    let w = world();
+    let path = std::env::temp_dir().join(format!("recthinker-store1-{}.h5", std::process::id()));
+    let writer = Writer::create(&path).unwrap();
+    write_prepared(&writer, &w.data).unwrap();
+    w.eval.models.save(&writer, Horizon::Eval.group()).unwrap();
+    writer.finish().unwrap();
+    let err = match tools::world::load(&path) {
+        Ok(_) => panic!("a store without /models_train loaded"),
+        Err(e) => e.to_string(),
+    };
+    let _ = std::fs::remove_file(&path);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("/models_train"), "{err}");
+    assert!(err.contains("run `recthinker data prepare` again"), "{err}");
+}
+
+/// One training episode per user (users with none are skipped), rotating over the user's
+/// training positions so that every position is exercised.
+fn one_training_episode_per_user(d: &Prepared) -> Vec<&Episode> {
+    let mut per_user: Vec<Vec<&Episode>> = vec![Vec::new(); d.users.len()];
+    for e in &d.train {
+        per_user[e.user as usize].push(e);
+    }
+    per_user
+        .iter()
+        .enumerate()
+        .filter(|(_, eps)| !eps.is_empty())
+        .map(|(u, eps)| eps[u % eps.len()])
+        .collect()
+}
+
+/// A copy of the data where, for every user, the chosen training episode's target and every
+/// later event (the user's other training targets after it and both held-out events) point at
+/// another item (0, or 1 where it was 0), rated 1; users without a chosen episode get their
+/// held-out events replaced.
+fn with_targets_and_later_replaced(d: &Prepared, chosen: &[&Episode]) -> Prepared {
+    let mut d = d.clone();
+    let mut from: Vec<usize> = d.sequences.iter().map(|s| s.len() - 2).collect();
+    for e in chosen {
+        from[e.user as usize] = e.pos as usize;
+    }
+    for (seq, from) in d.sequences.iter_mut().zip(from) {
+        for ev in &mut seq[from..] {
+            ev.item = u32::from(ev.item == 0);
+            ev.rating = 1.0;
+        }
+    }
+    d
+}
+
+#[test]
+fn tool_outputs_of_training_episodes_do_not_depend_on_their_targets() {
+    let base = world();
+    let chosen = one_training_episode_per_user(&base.data);
+    // The same budget of calls as one evaluation split above (one episode per user).
+    assert!(chosen.len() <= base.data.valid.len());
+    assert!(chosen.len() > base.data.valid.len() * 9 / 10);
+    let alt = world_of(with_targets_and_later_replaced(&base.data, &chosen));
+    let alt_chosen = one_training_episode_per_user(&alt.data);
+    assert_eq!(chosen, alt_chosen);
+    for e in &chosen {
+        assert_eq!(base.data.split_of(e), Split::Train);
+        assert_eq!(EpisodeView::new(base, e).knowledge.horizon, Horizon::Train);
+        assert_ne!(
+            base.data.target(e),
+            alt.data.target(e),
+            "the target was replaced"
+        );
+    }
+    let (a, b) = (outputs_of(base, &chosen), outputs_of(&alt, &chosen));
+    assert_eq!(a.len(), b.len());
+    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+        eprintln!("first difference:\n{x}\n---\n{y}");
+    }
+    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(
+        differing, 0,
+        "train: {differing} tool outputs changed with the training targets"
+    );
+    // The training horizon's collaborative models agree too; the evaluation horizon's
+    // (which do know training targets) do not.
+    for e in &chosen {
+        let items: Vec<u32> = base.data.history(e).iter().map(|h| h.item).collect();
+        assert_eq!(
+            base.train.models.sasrec.score(&items, &e.candidates),
+            alt.train.models.sasrec.score(&items, &e.candidates)
+        );
+        for &c in &e.candidates {
+            assert_eq!(
+                base.train.models.bpr.score(e.user, c),
+                alt.train.models.bpr.score(e.user, c)
+            );
+        }
+    }
+    assert_ne!(
+        base.eval.models.userknn.neighbors,
+        alt.eval.models.userknn.neighbors
+    );
+}
+
+#[test]
+fn training_targets_are_absent_from_what_training_tools_know() {
+    let w = world();
+    for e in &w.data.train {
+        let known = &w.train.sequences[e.user as usize];
+        // Cut before the user's earliest training target: nothing at or after `pos`.
+        assert!(known.len() <= e.pos as usize);
+        assert_eq!(known[..], w.data.sequences[e.user as usize][..known.len()]);
+        assert!(known.len() >= w.data.config.min_train_history);
+    }
+    let count = |item: u32| {
+        w.train
+            .sequences
+            .iter()
+            .flatten()
+            .filter(|x| x.item == item)
+            .count()
+    };
+    for e in w.data.train.iter().step_by(7) {
+        let target = w.data.target(e);
+        assert_eq!(
+            w.train.item_stats[target as usize].count as usize,
+            count(target)
+        );
+    }
+}
+
+/// NDCG@10 of ranking candidates by how many of the user's 10 most similar users had each
+/// (ties in candidate order), per split, with every episode on the evaluation horizon (as
+/// before the training horizon existed) and on its own horizon. Prints the table.
+#[test]
+fn similar_users_count_gap_between_splits() {
+    let w = world();
+    let ndcg = |e: &Episode, k: &tools::Knowledge| {
+        let neighbors: Vec<u32> = k
+            .models
+            .userknn
+            .neighbors
+            .of(e.user)
+            .take(10)
+            .map(|(v, _)| v)
+            .collect();
+        let had: Vec<usize> = e
+            .candidates
+            .iter()
+            .map(|&c| {
+                neighbors
+                    .iter()
+                    .filter(|&&v| k.sequences[v as usize].iter().any(|x| x.item == c))
+                    .count()
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..e.candidates.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(had[i]));
+        let rank = 1 + order
+            .iter()
+            .position(|&i| i == e.target_index as usize)
+            .unwrap();
+        1.0 / (rank as f64 + 1.0).log2()
+    };
+    let mean = |split: Split, own: bool| {
+        let eps = w.data.episodes(split);
+        eps.iter()
+            .map(|e| {
+                let k = if own { w.knowledge_for(e) } else { &w.eval };
+                ndcg(e, k)
+            })
+            .sum::<f64>()
+            / eps.len() as f64
+    };
+    let mut own = Vec::new();
+    for (label, on_own) in [("all on eval horizon", false), ("own horizon", true)] {
+        let v: Vec<f64> = [Split::Train, Split::Valid, Split::Test]
+            .iter()
+            .map(|&s| mean(s, on_own))
+            .collect();
+        eprintln!(
+            "similar-users count NDCG@10 ({label}): train {:.4} ({} episodes), valid {:.4}, test {:.4}",
+            v[0],
+            w.data.train.len(),
+            v[1],
+            v[2]
+        );
+        own = v;
+    }
+    // With its own horizon, a training episode's evidence is no better than a validation
+    // episode's (it was 0.06 better on the evaluation horizon).
+    assert!(own[0] <= own[1] + 0.02, "{own:?}");
 }

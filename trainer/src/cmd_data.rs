@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 use tools::models::{CfModels, TrainOptions};
+use tools::world::{horizon_sequences, Horizon};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -18,7 +19,8 @@ pub struct Args {
 #[derive(Subcommand)]
 enum What {
     /// Read a raw dataset, split it, sample candidates and episodes, train the collaborative
-    /// models on the training split, and write everything to one HDF5 file.
+    /// models on the training split (and again on what precedes the training episodes), and
+    /// write everything to one HDF5 file.
     Prepare(PrepareArgs),
     /// Summarize a prepared file.
     Stats { file: PathBuf },
@@ -100,17 +102,28 @@ fn prepare(a: PrepareArgs) -> Result<()> {
         data.test.len(),
         start.elapsed().as_secs_f64()
     );
-    let train = tools::world::train_sequences(&data);
     let opts = TrainOptions {
         seed: a.seed,
         bpr_epochs: a.bpr_epochs,
         sasrec_epochs: a.sasrec_epochs,
         progress: true,
     };
-    let models = CfModels::train(&data, &train, &opts)?;
     let w = Writer::create(&a.out)?;
     write_prepared(&w, &data)?;
-    models.save(&w)?;
+    // One model set per knowledge horizon, same options and seeds: validation/test episodes
+    // see models fit on the training split, training episodes models fit without any
+    // training target.
+    for h in Horizon::ALL {
+        let t = Instant::now();
+        let models = CfModels::train(&data, &horizon_sequences(&data, h), &opts)?;
+        models.save(&w, h.group())?;
+        eprintln!(
+            "trained the {} horizon's models (/{}) in {:.1}s",
+            h.name(),
+            h.group(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     w.finish()?;
     eprintln!(
         "wrote {} in {:.1}s",
@@ -142,6 +155,7 @@ fn stats(file: &std::path::Path) -> Result<()> {
         "subsets": {"sparse": d.sparse_users.len(), "dense": d.dense_users.len(),
                     "sparse_mean_train_history": train_len(&d.sparse_users), "dense_mean_train_history": train_len(&d.dense_users)},
         "models": r.has("models/bpr/dim"),
+        "models_train": r.has("models_train/bpr/dim"),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

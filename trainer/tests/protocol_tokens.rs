@@ -12,8 +12,7 @@ use lm::tokenizer::Tokenizer;
 use rollout::scripted::Scripted;
 use rollout::{run_agent, AgentConfig, AgentEnv};
 use support::*;
-use tools::models::{CfModels, TrainOptions};
-use tools::world::train_sequences;
+use tools::models::TrainOptions;
 use tools::World;
 use trainer::sequence::tokenize_conversation;
 use trainer::teachers::scripted::scripted;
@@ -28,8 +27,7 @@ fn world() -> World {
         sasrec_epochs: 1,
         progress: false,
     };
-    let m = CfModels::train(&d, &train_sequences(&d), &opts).unwrap();
-    World::new(d, m)
+    World::train(d, &opts).unwrap()
 }
 
 #[test]

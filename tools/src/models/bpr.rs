@@ -91,27 +91,27 @@ impl Bpr {
                 .sum::<f32>()
     }
 
-    pub fn save(&self, w: &Writer) -> Result<()> {
-        w.put("models/bpr/dim", &[self.dim as u32])?;
-        w.put("models/bpr/users", &self.users)?;
-        w.put("models/bpr/items", &self.items)?;
-        w.put("models/bpr/item_bias", &self.item_bias)
+    pub fn save(&self, w: &Writer, prefix: &str) -> Result<()> {
+        w.put(&format!("{prefix}/bpr/dim"), &[self.dim as u32])?;
+        w.put(&format!("{prefix}/bpr/users"), &self.users)?;
+        w.put(&format!("{prefix}/bpr/items"), &self.items)?;
+        w.put(&format!("{prefix}/bpr/item_bias"), &self.item_bias)
     }
 
-    pub fn load(r: &Reader) -> Result<Self> {
+    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
         let dim = r
-            .get::<u32>("models/bpr/dim")?
+            .get::<u32>(&format!("{prefix}/bpr/dim"))?
             .first()
             .copied()
             .unwrap_or(0) as usize;
         if dim == 0 {
-            bail!("{}: models/bpr/dim is missing or zero", r.path.display());
+            bail!("{}: {prefix}/bpr/dim is missing or zero", r.path.display());
         }
         Ok(Self {
             dim,
-            users: r.get("models/bpr/users")?,
-            items: r.get("models/bpr/items")?,
-            item_bias: r.get("models/bpr/item_bias")?,
+            users: r.get(&format!("{prefix}/bpr/users"))?,
+            items: r.get(&format!("{prefix}/bpr/items"))?,
+            item_bias: r.get(&format!("{prefix}/bpr/item_bias"))?,
         })
     }
 }

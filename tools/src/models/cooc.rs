@@ -64,15 +64,15 @@ impl CoOccurrence {
             .map_or(0.0, |(_, s)| s)
     }
 
-    pub fn save(&self, w: &Writer) -> Result<()> {
-        self.sims.save(w, "models/cooc/sims")?;
-        self.counts.save(w, "models/cooc/counts")
+    pub fn save(&self, w: &Writer, prefix: &str) -> Result<()> {
+        self.sims.save(w, &format!("{prefix}/cooc/sims"))?;
+        self.counts.save(w, &format!("{prefix}/cooc/counts"))
     }
 
-    pub fn load(r: &Reader) -> Result<Self> {
+    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
         Ok(Self {
-            sims: Neighbors::load(r, "models/cooc/sims")?,
-            counts: Neighbors::load(r, "models/cooc/counts")?,
+            sims: Neighbors::load(r, &format!("{prefix}/cooc/sims"))?,
+            counts: Neighbors::load(r, &format!("{prefix}/cooc/counts"))?,
         })
     }
 }

@@ -1,5 +1,6 @@
-//! Collaborative models trained on the training split; saved into the dataset's HDF5 file
-//! under `/models` and reloaded (not retrained) by later commands.
+//! Collaborative models trained on the sequences of one knowledge horizon (`world::Horizon`);
+//! saved into the dataset's HDF5 file under the horizon's group (`/models` for evaluation,
+//! `/models_train` for training episodes) and reloaded (not retrained) by later commands.
 
 pub mod bpr;
 pub mod cooc;
@@ -39,7 +40,7 @@ impl Default for TrainOptions {
 }
 
 impl CfModels {
-    /// Trains every model on `train` (the training split of each user).
+    /// Trains every model on `train` (each user's sequence as one horizon knows it).
     pub fn train(data: &Prepared, train: &[Vec<Event>], opts: &TrainOptions) -> Result<Self> {
         let n_items = data.items.len();
         Ok(Self {
@@ -50,19 +51,21 @@ impl CfModels {
         })
     }
 
-    pub fn save(&self, w: &Writer) -> Result<()> {
-        self.cooc.save(w)?;
-        self.userknn.save(w)?;
-        self.bpr.save(w)?;
-        self.sasrec.save(w)
+    /// Writes every model under the HDF5 group `prefix` (e.g. `models`).
+    pub fn save(&self, w: &Writer, prefix: &str) -> Result<()> {
+        self.cooc.save(w, prefix)?;
+        self.userknn.save(w, prefix)?;
+        self.bpr.save(w, prefix)?;
+        self.sasrec.save(w, prefix)
     }
 
-    pub fn load(r: &Reader) -> Result<Self> {
+    /// Reads the models `save` wrote under `prefix`.
+    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
         Ok(Self {
-            cooc: cooc::CoOccurrence::load(r)?,
-            userknn: userknn::UserKnn::load(r)?,
-            bpr: bpr::Bpr::load(r)?,
-            sasrec: sasrec::SasRec::new(sasrec::SasRecWeights::load(r)?),
+            cooc: cooc::CoOccurrence::load(r, prefix)?,
+            userknn: userknn::UserKnn::load(r, prefix)?,
+            bpr: bpr::Bpr::load(r, prefix)?,
+            sasrec: sasrec::SasRec::new(sasrec::SasRecWeights::load(r, prefix)?),
         })
     }
 }

@@ -150,8 +150,15 @@ fn padded(items: &[u32], len: usize) -> Vec<i64> {
     v
 }
 
+/// Held while a SASRec trains: initialization and dropout draw from libtorch's one global
+/// generator, so two trainings interleaving in one process (tests, or both horizons trained
+/// in parallel) would not be reproducible from their seeds.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn train(train: &[Vec<Event>], n_items: usize, opts: &TrainOptions) -> Result<SasRecWeights> {
     lm::torch_env::init();
+    // A panic in another training leaves nothing behind that this one reads.
+    let _global_rng = TRAINING.lock().unwrap_or_else(|p| p.into_inner());
     tch::manual_seed(opts.seed as i64);
     let cfg = SasRecConfig::default();
     let vs = nn::VarStore::new(Device::Cpu);
@@ -251,30 +258,30 @@ impl SasRecWeights {
         Vec::<f32>::try_from(s).unwrap_or_default()
     }
 
-    pub fn save(&self, w: &Writer) -> Result<()> {
-        w.put("models/sasrec/n_items", &[self.n_items])?;
+    pub fn save(&self, w: &Writer, prefix: &str) -> Result<()> {
+        w.put(&format!("{prefix}/sasrec/n_items"), &[self.n_items])?;
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, t) in vars {
             let shape: Vec<i64> = t.size();
             let data: Vec<f32> = Vec::try_from(t.detach().flatten(0, -1))?;
-            w.put(&format!("models/sasrec/weights/{name}"), &data)?;
-            w.put(&format!("models/sasrec/shapes/{name}"), &shape)?;
+            w.put(&format!("{prefix}/sasrec/weights/{name}"), &data)?;
+            w.put(&format!("{prefix}/sasrec/shapes/{name}"), &shape)?;
         }
         Ok(())
     }
 
-    pub fn load(r: &Reader) -> Result<Self> {
+    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
         lm::torch_env::init();
         let n_items = *r
-            .get::<i64>("models/sasrec/n_items")?
+            .get::<i64>(&format!("{prefix}/sasrec/n_items"))?
             .first()
-            .context("models/sasrec/n_items is empty")?;
+            .with_context(|| format!("{prefix}/sasrec/n_items is empty"))?;
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = SasRecModel::new(&vs.root(), n_items, SasRecConfig::default());
         for (name, mut t) in vs.variables() {
-            let data: Vec<f32> = r.get(&format!("models/sasrec/weights/{name}"))?;
-            let shape: Vec<i64> = r.get(&format!("models/sasrec/shapes/{name}"))?;
+            let data: Vec<f32> = r.get(&format!("{prefix}/sasrec/weights/{name}"))?;
+            let shape: Vec<i64> = r.get(&format!("{prefix}/sasrec/shapes/{name}"))?;
             if shape != t.size() {
                 bail!(
                     "{}: SASRec weight {name} has shape {shape:?}, expected {:?}",
@@ -307,7 +314,7 @@ impl SasRec {
         self.lock().score(history, candidates)
     }
 
-    pub fn save(&self, w: &Writer) -> Result<()> {
-        self.lock().save(w)
+    pub fn save(&self, w: &Writer, prefix: &str) -> Result<()> {
+        self.lock().save(w, prefix)
     }
 }

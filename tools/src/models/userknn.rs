@@ -45,13 +45,13 @@ impl UserKnn {
         }
     }
 
-    pub fn save(&self, w: &Writer) -> Result<()> {
-        self.neighbors.save(w, "models/userknn")
+    pub fn save(&self, w: &Writer, prefix: &str) -> Result<()> {
+        self.neighbors.save(w, &format!("{prefix}/userknn"))
     }
 
-    pub fn load(r: &Reader) -> Result<Self> {
+    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
         Ok(Self {
-            neighbors: Neighbors::load(r, "models/userknn")?,
+            neighbors: Neighbors::load(r, &format!("{prefix}/userknn"))?,
         })
     }
 }

@@ -60,7 +60,8 @@ struct Evidence {
 }
 
 fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
-    let neighbors: Vec<u32> = w
+    let neighbors: Vec<u32> = ep
+        .knowledge
         .models
         .userknn
         .neighbors
@@ -74,7 +75,7 @@ fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
         .map(|&c| {
             neighbors
                 .iter()
-                .flat_map(|&v| w.train_sequences[v as usize].iter())
+                .flat_map(|&v| ep.knowledge.sequences[v as usize].iter())
                 .filter(|e| e.item == c)
                 .map(|e| e.rating as f64 / 5.0)
                 .sum()
@@ -103,7 +104,12 @@ fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
     let co_liked = ep
         .candidates
         .iter()
-        .map(|&c| recent.iter().map(|&h| w.models.cooc.sim(h, c) as f64).sum())
+        .map(|&c| {
+            recent
+                .iter()
+                .map(|&h| ep.knowledge.models.cooc.sim(h, c) as f64)
+                .sum()
+        })
         .collect();
     Evidence {
         similar,
