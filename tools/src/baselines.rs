@@ -1,7 +1,8 @@
 //! The classical recommenders the agent must beat, scoring an episode's candidates.
 
+use crate::fusion::Preset;
 use crate::world::{EpisodeView, World};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use datasets::Episode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -13,6 +14,12 @@ pub enum Method {
     ItemKnn,
     Bpr,
     SasRec,
+    /// The collaborative evidence fused as `rank_candidates` does (`fusion.rs`; weights fit
+    /// on training episodes): the ranking an agent gets by copying that tool.
+    Fusion(Preset),
+    /// Per user, the preset validation chose for their history length: what the scripted
+    /// teacher answers.
+    FusionAdaptive,
 }
 
 impl Method {
@@ -23,7 +30,16 @@ impl Method {
             "itemknn" => Self::ItemKnn,
             "bpr" => Self::Bpr,
             "sasrec" => Self::SasRec,
-            o => bail!("--method `{o}`: expected random, pop, itemknn, bpr or sasrec"),
+            "fusion:adaptive" => Self::FusionAdaptive,
+            o => match o.strip_prefix("fusion").map(|p| p.trim_start_matches(':')) {
+                Some("") => Self::Fusion(Preset::All),
+                Some(p) => Self::Fusion(Preset::parse(p).with_context(|| {
+                    format!("--method `{o}`: expected fusion:all|collaborative|sequential|popular|adaptive")
+                })?),
+                None => bail!(
+                    "--method `{o}`: expected random, pop, itemknn, bpr, sasrec or fusion[:preset]"
+                ),
+            },
         })
     }
     pub const ALL: [Method; 5] = [
@@ -40,6 +56,11 @@ impl Method {
             Self::ItemKnn => "itemknn",
             Self::Bpr => "bpr",
             Self::SasRec => "sasrec",
+            Self::Fusion(Preset::All) => "fusion",
+            Self::Fusion(Preset::Collaborative) => "fusion:collaborative",
+            Self::Fusion(Preset::Sequential) => "fusion:sequential",
+            Self::Fusion(Preset::Popular) => "fusion:popular",
+            Self::FusionAdaptive => "fusion:adaptive",
         }
     }
 }
@@ -79,6 +100,8 @@ pub fn scores(w: &World, e: &Episode, method: Method, rng: &mut StdRng) -> Vec<f
                 .map(f64::from)
                 .collect()
         }
+        Method::Fusion(p) => w.fusion().fuse(&ep, p).scores,
+        Method::FusionAdaptive => w.fusion().fuse(&ep, w.preset_for(ep.history.len())).scores,
     }
 }
 

@@ -3,7 +3,9 @@
 //! what precedes each user's first training target (`world::Horizon`).
 
 pub mod baselines;
+pub mod fusion;
 pub mod models;
+pub mod rank_tool;
 pub mod registry;
 pub mod suite;
 pub mod world;

@@ -1,23 +1,33 @@
 //! The five tools of the RecThinker suite: user-side (user_profile, user_history),
-//! collaborative (similar_users) and item-side (item_info, item_relations).
+//! collaborative (similar_users) and item-side (item_info, item_relations); the standard
+//! registry adds our sixth, `rank_candidates` (`rank_tool.rs`).
 
 use crate::registry::{Args, Registry, Tool};
 use crate::world::{EpisodeView, World};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// The standard registry with observations capped at `max_chars`.
+/// The standard registry: the paper's five tools and `rank_candidates`, observations capped
+/// at `max_chars`.
 pub fn standard(max_chars: usize) -> Registry {
-    Registry::new(
-        vec![
-            Box::new(UserProfile),
-            Box::new(UserHistory),
-            Box::new(SimilarUsers),
-            Box::new(ItemInfo),
-            Box::new(ItemRelations),
-        ],
-        max_chars,
-    )
+    let mut tools = paper_tools();
+    tools.push(Box::new(crate::rank_tool::RankCandidates));
+    Registry::new(tools, max_chars)
+}
+
+/// The paper's five tools only.
+pub fn paper(max_chars: usize) -> Registry {
+    Registry::new(paper_tools(), max_chars)
+}
+
+fn paper_tools() -> Vec<Box<dyn Tool>> {
+    vec![
+        Box::new(UserProfile),
+        Box::new(UserHistory),
+        Box::new(SimilarUsers),
+        Box::new(ItemInfo),
+        Box::new(ItemRelations),
+    ]
 }
 
 /// Where an item stands for this episode: "candidate 3", "in history (rated 4)" or nothing.

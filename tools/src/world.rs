@@ -10,6 +10,7 @@
 //! Item metadata, the knowledge graph and titles do not depend on interactions and live on
 //! `World` itself.
 
+use crate::fusion::{FittedFusion, PresetChoice};
 use crate::models::{CfModels, TrainOptions};
 use datasets::{Episode, Event, Prepared, Split};
 use std::collections::HashMap;
@@ -95,23 +96,35 @@ pub struct Knowledge {
     /// Each user's known sequence (`horizon_sequences`).
     pub sequences: Vec<Vec<Event>>,
     pub item_stats: Vec<ItemStats>,
+    /// Each item's interaction times in `sequences`, sorted (for "trending" evidence).
+    pub item_times: Vec<Vec<i64>>,
     pub models: CfModels,
 }
 
 impl Knowledge {
+    /// How many interactions `item` had in the `window` seconds up to `until` (inclusive).
+    pub fn interactions_before(&self, item: u32, until: i64, window: i64) -> usize {
+        let t = &self.item_times[item as usize];
+        t.partition_point(|&x| x <= until) - t.partition_point(|&x| x < until - window)
+    }
+
     /// `models` must have been trained on `horizon_sequences(data, horizon)`.
     pub fn new(data: &Prepared, horizon: Horizon, models: CfModels) -> Self {
         let sequences = horizon_sequences(data, horizon);
         let mut item_stats = vec![ItemStats::default(); data.items.len()];
+        let mut item_times = vec![Vec::new(); data.items.len()];
         for e in sequences.iter().flatten() {
             let s = &mut item_stats[e.item as usize];
             s.count += 1;
             s.rating_sum += e.rating as f64;
+            item_times[e.item as usize].push(e.timestamp);
         }
+        item_times.iter_mut().for_each(|t| t.sort_unstable());
         Self {
             horizon,
             sequences,
             item_stats,
+            item_times,
             models,
         }
     }
@@ -131,9 +144,27 @@ pub struct World {
     pub also_buy: Vec<Vec<u32>>,
     pub also_view: Vec<Vec<u32>>,
     pub item_by_raw_id: HashMap<String, u32>,
+    /// The fused evidence behind `rank_candidates`, fit on first use (`fusion.rs`).
+    fusion: std::sync::OnceLock<FittedFusion>,
+    preset_choice: std::sync::OnceLock<PresetChoice>,
 }
 
 impl World {
+    /// The collaborative evidence fusion, fit on the training episodes the first time it is
+    /// asked for (a few seconds on ML-100k), then shared.
+    pub fn fusion(&self) -> &FittedFusion {
+        self.fusion.get_or_init(|| FittedFusion::fit(self))
+    }
+
+    /// The evidence preset to ask for, per user: chosen on validation episodes by history
+    /// length (for the teacher and the `fusion:adaptive` baseline, never for a tool).
+    pub fn preset_for(&self, history_len: usize) -> crate::fusion::Preset {
+        let c = self
+            .preset_choice
+            .get_or_init(|| self.fusion().choose_on_validation(self));
+        c.choice[self.fusion().bucket(history_len)]
+    }
+
     /// `eval_models` trained on `horizon_sequences(&data, Horizon::Eval)`, `train_models` on
     /// `horizon_sequences(&data, Horizon::Train)` (`World::train` does both).
     pub fn new(data: Prepared, eval_models: CfModels, train_models: CfModels) -> Self {
@@ -175,6 +206,8 @@ impl World {
             also_buy,
             also_view,
             item_by_raw_id,
+            fusion: std::sync::OnceLock::new(),
+            preset_choice: std::sync::OnceLock::new(),
         }
     }
 
@@ -228,6 +261,7 @@ impl World {
 /// and what the tools know (the horizon of the episode's split).
 pub struct EpisodeView<'a> {
     pub user: u32,
+    pub split: Split,
     pub history: &'a [Event],
     pub candidates: &'a [u32],
     pub knowledge: &'a Knowledge,
@@ -237,6 +271,7 @@ impl<'a> EpisodeView<'a> {
     pub fn new(world: &'a World, e: &'a Episode) -> Self {
         Self {
             user: e.user,
+            split: world.data.split_of(e),
             history: world.data.history(e),
             candidates: &e.candidates,
             knowledge: world.knowledge_for(e),

@@ -53,6 +53,9 @@ fn outputs_of(w: &World, episodes: &[&Episode]) -> Vec<String> {
         json!({"name": "similar_users", "arguments": {"k": 20}}),
         json!({"name": "similar_users", "arguments": {"k": 20, "only_candidates": true}}),
     ];
+    for by in ["all", "collaborative", "sequential", "popular"] {
+        calls.push(json!({"name": "rank_candidates", "arguments": {"by": by}}));
+    }
     for c in 1..=10 {
         calls.push(json!({"name": "item_info", "arguments": {"candidate": c}}));
         calls.push(json!({"name": "item_relations", "arguments": {"candidate": c}}));
@@ -310,51 +313,63 @@ fn with_targets_and_later_replaced(d: &Prepared, chosen: &[&Episode]) -> Prepare
 #[test]
 fn tool_outputs_of_training_episodes_do_not_depend_on_their_targets() {
     let base = world();
-    let chosen = one_training_episode_per_user(&base.data);
+    let all_chosen = one_training_episode_per_user(&base.data);
     // The same budget of calls as one evaluation split above (one episode per user).
-    assert!(chosen.len() <= base.data.valid.len());
-    assert!(chosen.len() > base.data.valid.len() * 9 / 10);
-    let alt = world_of(with_targets_and_later_replaced(&base.data, &chosen));
-    let alt_chosen = one_training_episode_per_user(&alt.data);
-    assert_eq!(chosen, alt_chosen);
-    for e in &chosen {
-        assert_eq!(base.data.split_of(e), Split::Train);
-        assert_eq!(EpisodeView::new(base, e).knowledge.horizon, Horizon::Train);
-        assert_ne!(
-            base.data.target(e),
-            alt.data.target(e),
-            "the target was replaced"
-        );
-    }
-    let (a, b) = (outputs_of(base, &chosen), outputs_of(&alt, &chosen));
-    assert_eq!(a.len(), b.len());
-    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
-        eprintln!("first difference:\n{x}\n---\n{y}");
-    }
-    let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
-    assert_eq!(
-        differing, 0,
-        "train: {differing} tool outputs changed with the training targets"
-    );
-    // The training horizon's collaborative models agree too; the evaluation horizon's
-    // (which do know training targets) do not.
-    for e in &chosen {
-        let items: Vec<u32> = base.data.history(e).iter().map(|h| h.item).collect();
-        assert_eq!(
-            base.train.models.sasrec.score(&items, &e.candidates),
-            alt.train.models.sasrec.score(&items, &e.candidates)
-        );
-        for &c in &e.candidates {
-            assert_eq!(
-                base.train.models.bpr.score(e.user, c),
-                alt.train.models.bpr.score(e.user, c)
+    assert!(all_chosen.len() <= base.data.valid.len());
+    assert!(all_chosen.len() > base.data.valid.len() * 9 / 10);
+    // `rank_candidates` ranks a user's episodes with weights fit on the other fold of users,
+    // so the targets are replaced one fold at a time and that fold's outputs compared.
+    for fold in 0..2 {
+        let chosen: Vec<&Episode> = all_chosen
+            .iter()
+            .copied()
+            .filter(|e| tools::fusion::fold_of(e.user) == fold)
+            .collect();
+        let alt = world_of(with_targets_and_later_replaced(&base.data, &chosen));
+        let alt_chosen: Vec<&Episode> = one_training_episode_per_user(&alt.data)
+            .into_iter()
+            .filter(|e| tools::fusion::fold_of(e.user) == fold)
+            .collect();
+        assert_eq!(chosen, alt_chosen);
+        for e in &chosen {
+            assert_eq!(base.data.split_of(e), Split::Train);
+            assert_eq!(EpisodeView::new(base, e).knowledge.horizon, Horizon::Train);
+            assert_ne!(
+                base.data.target(e),
+                alt.data.target(e),
+                "the target was replaced"
             );
         }
+        let (a, b) = (outputs_of(base, &chosen), outputs_of(&alt, &chosen));
+        assert_eq!(a.len(), b.len());
+        if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+            eprintln!("first difference:\n{x}\n---\n{y}");
+        }
+        let differing = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        assert_eq!(
+            differing, 0,
+            "train, fold {fold}: {differing} tool outputs changed with the training targets"
+        );
+        // The training horizon's collaborative models agree too; the evaluation horizon's
+        // (which do know training targets) do not.
+        for e in &chosen {
+            let items: Vec<u32> = base.data.history(e).iter().map(|h| h.item).collect();
+            assert_eq!(
+                base.train.models.sasrec.score(&items, &e.candidates),
+                alt.train.models.sasrec.score(&items, &e.candidates)
+            );
+            for &c in &e.candidates {
+                assert_eq!(
+                    base.train.models.bpr.score(e.user, c),
+                    alt.train.models.bpr.score(e.user, c)
+                );
+            }
+        }
+        assert_ne!(
+            base.eval.models.userknn.neighbors,
+            alt.eval.models.userknn.neighbors
+        );
     }
-    assert_ne!(
-        base.eval.models.userknn.neighbors,
-        alt.eval.models.userknn.neighbors
-    );
 }
 
 #[test]

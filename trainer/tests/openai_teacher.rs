@@ -232,7 +232,8 @@ fn native_tool_calls_become_protocol_turns() {
                 "user_history",
                 "similar_users",
                 "item_info",
-                "item_relations"
+                "item_relations",
+                "rank_candidates"
             ]
         );
     }

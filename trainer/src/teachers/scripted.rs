@@ -1,6 +1,9 @@
-//! The `scripted` teacher: a program that plays the Analyze-Plan-Act protocol. It states
-//! what it is missing, calls the tools that fill it (real observations from the registry),
-//! and ranks by a fusion of the evidence those calls gathered.
+//! The `scripted` teacher: a program that plays the Analyze-Plan-Act protocol with real tool
+//! calls. Its ranking is the collaborative evidence fused by `rank_candidates` (weights fit
+//! on training episodes, the evidence preset chosen per history length on validation:
+//! `tools::fusion`), so the student learns to gather evidence and copy a strong ranking; its
+//! plans adapt to the user (short histories: similar users' taste; longer ones: what they
+//! watched last) and come in three lengths, so the SFT set is not one plan.
 
 use super::{Candidate, Teacher, TeacherOutput};
 use anyhow::Result;
@@ -10,8 +13,7 @@ use lm::chat::Message;
 use rayon::prelude::*;
 use rollout::prompt::{system_prompt, user_prompt};
 use rollout::protocol;
-use serde_json::json;
-use std::collections::HashMap;
+use serde_json::{json, Value};
 use tools::{EpisodeView, Registry, ToolCall, World};
 
 pub struct Scripted {
@@ -27,6 +29,7 @@ impl Teacher for Scripted {
         episodes: &[&Episode],
         bar: &ProgressBar,
     ) -> Result<TeacherOutput> {
+        world.preset_for(0); // fit and choose once, before the parallel episodes need it
         let candidates = episodes
             .par_iter()
             .map(|ep| {
@@ -42,84 +45,15 @@ impl Teacher for Scripted {
     }
 }
 
-/// z-scores over the candidates (0 when all equal).
-fn z(v: &[f64]) -> Vec<f64> {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
-    v.iter()
-        .map(|x| if sd < 1e-12 { 0.0 } else { (x - mean) / sd })
-        .collect()
+/// One tool call of a plan: the reasoning before it, the tool and its arguments.
+struct Step {
+    think: String,
+    tool: &'static str,
+    args: Value,
 }
 
-/// The evidence behind each tool, per candidate, as the scripted teacher reads it.
-struct Evidence {
-    similar: Vec<f64>,
-    genre: Vec<f64>,
-    co_liked: Vec<f64>,
-}
-
-fn evidence(w: &World, ep: &EpisodeView) -> Evidence {
-    let neighbors: Vec<u32> = ep
-        .knowledge
-        .models
-        .userknn
-        .neighbors
-        .of(ep.user)
-        .take(10)
-        .map(|(v, _)| v)
-        .collect();
-    let similar = ep
-        .candidates
-        .iter()
-        .map(|&c| {
-            neighbors
-                .iter()
-                .flat_map(|&v| ep.knowledge.sequences[v as usize].iter())
-                .filter(|e| e.item == c)
-                .map(|e| e.rating as f64 / 5.0)
-                .sum()
-        })
-        .collect();
-    let mut taste: HashMap<&str, f64> = HashMap::new();
-    for e in ep.history {
-        for g in &w.data.items[e.item as usize].meta.categories {
-            *taste.entry(g.as_str()).or_default() += e.rating as f64;
-        }
-    }
-    let total: f64 = taste.values().sum::<f64>().max(1.0);
-    let genre = ep
-        .candidates
-        .iter()
-        .map(|&c| {
-            w.data.items[c as usize]
-                .meta
-                .categories
-                .iter()
-                .map(|g| taste.get(g.as_str()).copied().unwrap_or(0.0) / total)
-                .sum()
-        })
-        .collect();
-    let recent: Vec<u32> = ep.history.iter().rev().take(50).map(|e| e.item).collect();
-    let co_liked = ep
-        .candidates
-        .iter()
-        .map(|&c| {
-            recent
-                .iter()
-                .map(|&h| ep.knowledge.models.cooc.sim(h, c) as f64)
-                .sum()
-        })
-        .collect();
-    Evidence {
-        similar,
-        genre,
-        co_liked,
-    }
-}
-
-/// The scripted teacher: three plans of increasing length, each ranking by a fusion of the
-/// evidence its calls gathered.
+/// The scripted teacher's plans for one episode, shortest first; each ends with the ranking
+/// `rank_candidates` returns for the preset validation chose for this user's history length.
 pub fn scripted(
     w: &World,
     reg: &Registry,
@@ -128,9 +62,10 @@ pub fn scripted(
     max_turns: usize,
 ) -> Vec<Candidate> {
     let view = EpisodeView::new(w, ep);
-    let ev = evidence(w, &view);
-    let n = ep.candidates.len();
-    let (zs, zg, zc) = (z(&ev.similar), z(&ev.genre), z(&ev.co_liked));
+    let fusion = w.fusion();
+    let n_hist = view.history.len();
+    let preset = w.preset_for(n_hist);
+    let short = fusion.bucket(n_hist) == 0;
     let head = vec![
         Message::system(system_prompt(Some(reg), max_turns)),
         Message::user(user_prompt(w, &view, history_len)),
@@ -142,79 +77,122 @@ pub fn scripted(
         .take(3)
         .map(|e| w.title(e.item))
         .collect();
-    let plans: [&[&str]; 3] = [
-        &["similar_users"],
-        &["user_profile", "similar_users"],
-        &["user_profile", "similar_users", "item_relations"],
-    ];
-    let mut out = Vec::new();
-    for plan in plans {
-        let mut messages = head.clone();
-        let mut bad = 0;
-        let mut scores = vec![0.0f64; n];
-        let mut reasons: Vec<String> = Vec::new();
-        for (step, tool) in plan.iter().enumerate() {
-            let (think, args) = match *tool {
-                "user_profile" => (
-                    format!("The latest items are {}. I do not yet know the user's overall taste, so I check their profile first.", last.join(", ")),
-                    json!({}),
-                ),
-                "similar_users" => (
-                    if step == 0 {
-                        format!("The user recently watched {}. What matters most is which candidates people with similar taste liked, so I ask similar users about the candidates.", last.join(", "))
-                    } else {
-                        "Now I need collaborative evidence: which candidates did users with similar taste interact with?".to_string()
-                    },
-                    json!({"k": 10, "only_candidates": true}),
-                ),
-                _ => {
-                    let top = (0..n).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap_or(0);
-                    (format!("Candidate {} leads so far; I check how it relates to what the user liked before.", top + 1), json!({"candidate": top + 1, "relation": "co_liked"}))
-                }
-            };
-            let obs = reg.call(w, &view, &ToolCall::new(tool, args.clone()));
-            bad += usize::from(!obs.ok);
-            messages.push(Message::assistant(protocol::call_turn(&think, tool, args)));
-            messages.push(Message::tool(protocol::tool_response(&obs.text)));
-            match *tool {
-                "similar_users" => {
-                    scores.iter_mut().zip(&zs).for_each(|(s, x)| *s += 1.0 * x);
-                    reasons.push("interest from similar users".into());
-                }
-                "user_profile" => {
-                    scores.iter_mut().zip(&zg).for_each(|(s, x)| *s += 0.5 * x);
-                    reasons.push("fit with the user's favourite genres".into());
-                }
-                _ => {
-                    scores.iter_mut().zip(&zc).for_each(|(s, x)| *s += 0.7 * x);
-                    reasons.push(
-                        "how often each candidate is liked together with the user's recent items"
-                            .into(),
-                    );
-                }
-            }
+    let situation = if short {
+        format!("The user has only {n_hist} items in their history, so what users with similar taste liked says the most.")
+    } else {
+        format!(
+            "The user has {n_hist} items in their history, most recently {}: both their long-term taste and what they watched last matter.",
+            last.join(", ")
+        )
+    };
+    let rank = |think: String| Step {
+        think,
+        tool: "rank_candidates",
+        args: json!({"by": preset.name()}),
+    };
+    let context: Step = if short {
+        Step {
+            think: format!("{situation} I first check which candidates similar users had."),
+            tool: "similar_users",
+            args: json!({"k": 10, "only_candidates": true}),
         }
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        let best: Vec<String> = order
-            .iter()
-            .take(3)
-            .map(|&i| format!("{} ({})", i + 1, w.title(ep.candidates[i])))
-            .collect();
-        let ranking: Vec<usize> = order.iter().map(|i| i + 1).collect();
-        messages.push(Message::assistant(protocol::answer_turn(
-            &format!(
-                "Combining {}: the strongest candidates are {}. I rank the rest by the same evidence.",
-                reasons.join(", "),
-                best.join(", ")
-            ),
-            &ranking,
-        )));
-        out.push(Candidate {
-            messages,
-            tool_calls: plan.len(),
-            bad_calls: bad,
-        });
-    }
-    out
+    } else {
+        Step {
+            think: format!("{situation} I first look at their most recent items."),
+            tool: "user_history",
+            args: json!({"order": "recent", "limit": 5}),
+        }
+    };
+    let rank_now = format!(
+        "{situation} The collaborative models weigh all of this; I ask for the candidates ranked by {}.",
+        preset.describe()
+    );
+    let rank_after = format!(
+        "Now I ask for the candidates ranked by {}, which combines this with the collaborative models.",
+        preset.describe()
+    );
+    let plans: Vec<Vec<Step>> = vec![
+        vec![rank(rank_now)],
+        vec![context, rank(rank_after.clone())],
+        vec![
+            Step {
+                think: "I start with who the user is: their profile and favourite genres."
+                    .to_string(),
+                tool: "user_profile",
+                args: json!({}),
+            },
+            if short {
+                Step {
+                    think: "Their history is short, so I check which candidates similar users had."
+                        .to_string(),
+                    tool: "similar_users",
+                    args: json!({"k": 10, "only_candidates": true}),
+                }
+            } else {
+                Step {
+                    think: "Next, what they watched most recently.".to_string(),
+                    tool: "user_history",
+                    args: json!({"order": "recent", "limit": 5}),
+                }
+            },
+            rank(rank_after),
+        ],
+    ];
+    let fused = fusion.fuse(&view, preset);
+    let order = fused.order();
+    let ranking: Vec<usize> = order.iter().map(|i| i + 1).collect();
+    let best: Vec<String> = order
+        .iter()
+        .take(3)
+        .map(|&i| {
+            let why: Vec<String> = fused
+                .signals
+                .iter()
+                .zip(&fused.z)
+                .filter(|(_, z)| z[i] > 0.5)
+                .map(|(s, z)| format!("{} {:+.1}", s.name(), z[i]))
+                .collect();
+            if why.is_empty() {
+                format!("{} ({})", i + 1, w.title(ep.candidates[i]))
+            } else {
+                format!(
+                    "{} ({}; {})",
+                    i + 1,
+                    w.title(ep.candidates[i]),
+                    why.join(", ")
+                )
+            }
+        })
+        .collect();
+    let answer = protocol::answer_turn(
+        &format!(
+            "The evidence ranks {} highest. I follow its order for all candidates.",
+            best.join(", then ")
+        ),
+        &ranking,
+    );
+    plans
+        .into_iter()
+        .map(|plan| {
+            let mut messages = head.clone();
+            let mut bad = 0;
+            let calls = plan.len();
+            for step in plan {
+                let obs = reg.call(w, &view, &ToolCall::new(step.tool, step.args.clone()));
+                bad += usize::from(!obs.ok);
+                messages.push(Message::assistant(protocol::call_turn(
+                    &step.think,
+                    step.tool,
+                    step.args,
+                )));
+                messages.push(Message::tool(protocol::tool_response(&obs.text)));
+            }
+            messages.push(Message::assistant(answer.clone()));
+            Candidate {
+                messages,
+                tool_calls: calls,
+                bad_calls: bad,
+            }
+        })
+        .collect()
 }
