@@ -37,12 +37,15 @@ impl Tool for RankCandidates {
             .iter()
             .take(3)
             .map(|&i| {
-                let why: Vec<String> = fused
+                // The two signals that speak most for this candidate.
+                let mut by: Vec<(f64, String)> = fused
                     .signals
                     .iter()
                     .zip(&fused.z)
-                    .map(|(s, z)| format!("{} {:+.1}", s.name(), z[i]))
+                    .map(|(s, z)| (z[i], format!("{} {:+.1}", s.name(), z[i])))
                     .collect();
+                by.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let why: Vec<String> = by.into_iter().take(2).map(|(_, t)| t).collect();
                 format!(
                     "{} {} ({})",
                     i + 1,

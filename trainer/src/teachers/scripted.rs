@@ -144,30 +144,12 @@ pub fn scripted(
     let best: Vec<String> = order
         .iter()
         .take(3)
-        .map(|&i| {
-            let why: Vec<String> = fused
-                .signals
-                .iter()
-                .zip(&fused.z)
-                .filter(|(_, z)| z[i] > 0.5)
-                .map(|(s, z)| format!("{} {:+.1}", s.name(), z[i]))
-                .collect();
-            if why.is_empty() {
-                format!("{} ({})", i + 1, w.title(ep.candidates[i]))
-            } else {
-                format!(
-                    "{} ({}; {})",
-                    i + 1,
-                    w.title(ep.candidates[i]),
-                    why.join(", ")
-                )
-            }
-        })
+        .map(|&i| format!("{} ({})", i + 1, w.title(ep.candidates[i])))
         .collect();
     let answer = protocol::answer_turn(
         &format!(
-            "The evidence ranks {} highest. I follow its order for all candidates.",
-            best.join(", then ")
+            "The evidence ranks {} highest; I follow its order.",
+            best.join(", ")
         ),
         &ranking,
     );
