@@ -134,10 +134,14 @@ fn continuous_batching_gives_the_rows_of_one_big_batch() {
     assert_eq!(all[0].calls.len(), 2);
     assert_eq!(all[2].end, Some(EndReason::MaxTurns));
 
-    // 2. The engine (tiny random Qwen2, agent prompts of ~800 tokens), greedy and sampled:
-    //    3 rows in flight with the prefix cache, vs all rows at once, vs all at once without
-    //    it: same tokens, log-probs within batch-shape noise.
-    for temperature in [0.0, 1.0] {
+    // 2. The engine (tiny random Qwen2, agent prompts of ~800 tokens), greedy: 3 rows in
+    //    flight with the prefix cache, vs all rows at once, vs all at once without it: same
+    //    tokens, log-probs within batch-shape noise. Sampled rows are not compared across
+    //    batch shapes: the tiny random model's distributions are near uniform, and a ~1e-6
+    //    difference moved one inverse-CDF draw to the adjacent token id (seen once in 10
+    //    rows); the lm tests compare sampled rows where the shapes match.
+    {
+        let temperature = 0.0;
         let cfg = AgentConfig {
             max_new_tokens: 12,
             temperature,
@@ -157,9 +161,6 @@ fn continuous_batching_gives_the_rows_of_one_big_batch() {
         for r in &want {
             assert_eq!(r.generated_tokens, 12);
             assert_eq!(r.end, Some(EndReason::TurnTooLong));
-        }
-        if temperature > 0.0 {
-            assert_ne!(want[0].ids, want[1].ids, "samples differ");
         }
         let mut big = engine();
         let got = run_agent(&mut big, &env, eps, 2, 11).unwrap();
