@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The longer run behind docs/results.md (MovieLens-100k, SmolLM2-135M-Instruct, CPU):
-#   SFT (configs/results/sft.toml) -> export -> GRPO (configs/results/rl.toml) -> export,
+#   synth on every training episode (configs/results/synth.toml) -> SFT
+#   (configs/results/sft.toml) -> export of the best validated checkpoint -> GRPO
+#   (configs/results/rl.toml) -> export of its best validated checkpoint,
 #   evaluating the SFT model (while GRPO trains) and the SFT+GRPO model on the test split,
 #   sparse and dense, USERS users each (the baselines' 100 by default).
 # Reuses checkpoints/pipeline/{ml-100k.h5, sft.jsonl, baseline-*} from scripts/run_pipeline.sh
@@ -24,17 +26,21 @@ evaluate() { # name model
   done
 }
 
+if [ ! -f "$OUT/sft.jsonl" ]; then
+  stamp "synth (scripted teacher, every training episode)"
+  "$BIN" synth --config configs/results/synth.toml
+fi
 if [ ! -d "$OUT/sft-export" ]; then
   stamp "SFT"
   "$BIN" sft --config configs/results/sft.toml $( [ -d "$OUT/sft/checkpoints" ] && echo --resume )
-  "$BIN" export --checkpoint "$OUT/sft" --out "$OUT/sft-export"
+  "$BIN" export --checkpoint "$OUT/sft" --select best --out "$OUT/sft-export"
 fi
 stamp "GRPO from the SFT model, evaluating the SFT model alongside"
 evaluate sft "$OUT/sft-export" > "$OUT/eval-sft.log" 2>&1 &
 eval_pid=$!
 if [ ! -d "$OUT/final-export" ]; then
   "$BIN" rl --config configs/results/rl.toml $( [ -d "$OUT/rl/checkpoints" ] && echo --resume )
-  "$BIN" export --checkpoint "$OUT/rl" --out "$OUT/final-export"
+  "$BIN" export --checkpoint "$OUT/rl" --select best --out "$OUT/final-export"
 fi
 wait $eval_pid
 stamp "evaluate the SFT+GRPO model"
