@@ -11,23 +11,21 @@
 //! one after every optimizer step): `step` checks a fingerprint of the weights and fails if
 //! they changed.
 
+mod forward;
+mod prefix;
+
 use crate::kv_cache::KvCache;
-use crate::model::{AttnContext, Model};
-use crate::sampling::{choose, SamplingParams};
+use crate::model::Model;
+use crate::sampling::SamplingParams;
 use crate::tokenizer::{TextStream, Tokenizer};
 use anyhow::{bail, Result};
+use forward::Next;
+use prefix::{Source, StoredPrefix, WeightsProbe, MIN_REUSE};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 pub type RowId = usize;
-
-/// A row's next token: chosen on the device (greedy), or its full log-prob row to sample from.
-#[derive(Clone)]
-enum Next {
-    Chosen(i64, f32),
-    Distribution(Vec<f32>),
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopReason {
@@ -84,39 +82,14 @@ impl Row {
     }
 }
 
-/// Shortest prefix worth copying from another slot instead of prefilling.
-const MIN_REUSE: usize = 16;
-/// A new row waits one step for a row admitted in the same step when that row will hold at
-/// least this many more of its prompt tokens than any cached prefix does now.
-const MIN_DEFER_GAIN: usize = 128;
-
 /// What a cache slot holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Slot {
+pub(super) enum Slot {
     Free,
     /// The keys of a live (running or stopped) row.
     Row(RowId),
     /// A finished row's keys, kept as a reusable prefix (`Engine::store`).
     Stored,
-}
-
-/// A finished row's slot kept for its prefix.
-struct StoredPrefix {
-    /// Unique per engine (indices into `store` shift on eviction).
-    key: u64,
-    slot: usize,
-    /// The tokens whose keys/values the slot holds, positions 0..ids.len().
-    ids: Vec<i64>,
-    /// Engine step of the last use (least recently used entries go first).
-    used: u64,
-}
-
-/// Where a new row's prefix comes from.
-#[derive(Clone, Copy)]
-enum Source {
-    Row(RowId),
-    /// The key of an `Engine::store` entry.
-    Stored(u64),
 }
 
 pub struct Engine<'m> {
@@ -151,64 +124,6 @@ pub struct Engine<'m> {
     steps: u64,
     next_key: u64,
     weights: WeightsProbe,
-}
-
-/// One element at each end of every weight tensor, read at creation: `step` compares them
-/// again and fails when they changed (an optimizer step while the engine held keys/values
-/// computed with the old weights). Cheap (one small gather per step), and not a proof: a
-/// change that keeps every tensor's first and last element would slip through.
-struct WeightsProbe {
-    probes: Vec<Tensor>,
-    values: Vec<u32>,
-}
-
-impl WeightsProbe {
-    fn new(model: &Model) -> Self {
-        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut probes = Vec::new();
-        for (_, t) in vars {
-            let n = t.numel() as i64;
-            if n == 0 {
-                continue;
-            }
-            // A view, so later in-place updates show; tensors that cannot be viewed flat are
-            // left out.
-            if let Ok(flat) = t.f_view([-1]) {
-                probes.push(flat.narrow(0, 0, 1));
-                probes.push(flat.narrow(0, n - 1, 1));
-            }
-        }
-        let mut w = Self {
-            probes,
-            values: Vec::new(),
-        };
-        w.values = w.read().unwrap_or_default();
-        w
-    }
-
-    fn read(&self) -> Result<Vec<u32>> {
-        if self.probes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _guard = tch::no_grad_guard();
-        let v = Tensor::cat(&self.probes, 0)
-            .to_kind(Kind::Float)
-            .to_device(tch::Device::Cpu);
-        Ok(Vec::<f32>::try_from(v)?
-            .into_iter()
-            .map(f32::to_bits)
-            .collect())
-    }
-
-    fn unchanged(&self) -> Result<bool> {
-        Ok(self.read()? == self.values)
-    }
-}
-
-/// Length of the common prefix of `a` and `b`.
-fn common_prefix(a: &[i64], b: &[i64]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl<'m> Engine<'m> {
@@ -354,17 +269,6 @@ impl<'m> Engine<'m> {
         r.last_distribution = None;
     }
 
-    /// Frees the least recently used stored prefix whose key is not in `keep`; returns its
-    /// slot.
-    fn evict_lru(&mut self, keep: &[u64]) -> Option<usize> {
-        let k = (0..self.store.len())
-            .filter(|&k| !keep.contains(&self.store[k].key))
-            .min_by_key(|&k| (self.store[k].used, k))?;
-        let e = self.store.remove(k);
-        self.slots[e.slot] = Slot::Free;
-        Some(e.slot)
-    }
-
     pub fn running(&self) -> usize {
         self.rows
             .iter()
@@ -467,118 +371,6 @@ impl<'m> Engine<'m> {
         Ok(stopped)
     }
 
-    /// Rows `a` and `b` hold the same tokens and sample at the same temperature, so they
-    /// have the same next-token distribution.
-    fn same_tokens(&self, a: RowId, b: RowId) -> bool {
-        let (a, b) = (&self.rows[a], &self.rows[b]);
-        a.ids.len() == b.ids.len()
-            && a.params.effective_temperature() == b.params.effective_temperature()
-            && a.params.is_greedy() == b.params.is_greedy()
-            && a.ids == b.ids
-    }
-
-    /// For each row that has never been fed: the longest prefix of its prompt whose
-    /// keys/values some slot already holds (a live row's cached tokens or a stored prefix),
-    /// at most all but its last token, reused when at least `MIN_REUSE` long. A row that
-    /// would get `MIN_DEFER_GAIN` more tokens from a row prefilled in this very step waits
-    /// one step instead (rows of several episodes admitted together share the system
-    /// prompt). Returns (deferred rows, (row, source, length) to copy).
-    fn plan_prefixes(&mut self, running: &[RowId]) -> (Vec<RowId>, Vec<(RowId, Source, usize)>) {
-        let fresh: Vec<RowId> = running
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let r = &self.rows[i];
-                r.slot.is_none() && r.cached == 0 && r.pending.len() > MIN_REUSE
-            })
-            .collect();
-        if fresh.is_empty() {
-            return (Vec::new(), Vec::new());
-        }
-        let live: Vec<RowId> = self
-            .slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::Row(r) if self.rows[*r].cached as usize >= MIN_REUSE => Some(*r),
-                _ => None,
-            })
-            .collect();
-        let mut deferred = Vec::new();
-        let mut reuse = Vec::new();
-        let mut leaders: Vec<RowId> = Vec::new();
-        for i in fresh {
-            if leaders.iter().any(|&a| self.same_tokens(a, i)) {
-                continue; // copied whole after the leader's forward
-            }
-            let r = &self.rows[i];
-            let want = r.pending.len() - 1;
-            let mut best: Option<(Source, usize)> = None;
-            let mut consider = |src: Source, have: &[i64]| {
-                let n = common_prefix(have, &r.pending).min(want);
-                if n > best.map_or(0, |b| b.1) {
-                    best = Some((src, n));
-                }
-            };
-            for &l in &live {
-                let lr = &self.rows[l];
-                consider(Source::Row(l), &lr.ids[..lr.cached as usize]);
-            }
-            for e in &self.store {
-                consider(Source::Stored(e.key), &e.ids);
-            }
-            let have = best.map_or(0, |b| b.1);
-            let soon = leaders
-                .iter()
-                .map(|&a| common_prefix(&self.rows[a].ids, &r.pending).min(want))
-                .max()
-                .unwrap_or(0);
-            if soon >= have + MIN_DEFER_GAIN {
-                deferred.push(i);
-                continue;
-            }
-            if let Some((src, n)) = best.filter(|b| b.1 >= MIN_REUSE) {
-                if let Source::Stored(key) = src {
-                    if let Some(e) = self.store.iter_mut().find(|e| e.key == key) {
-                        e.used = self.steps;
-                    }
-                }
-                reuse.push((i, src, n));
-            }
-            leaders.push(i);
-        }
-        (deferred, reuse)
-    }
-
-    /// Row `i` (never fed, slot assigned) takes the first `len` positions of `src`'s slot.
-    fn copy_prefix(&mut self, i: RowId, src: Source, len: usize) {
-        let from = match src {
-            Source::Row(l) => self.rows[l].slot,
-            Source::Stored(key) => self.store.iter().find(|e| e.key == key).map(|e| e.slot),
-        };
-        let (Some(from), Some(to)) = (from, self.rows[i].slot) else {
-            return;
-        };
-        self.cache.copy_slot(from as i64, to as i64, len as i64);
-        let r = &mut self.rows[i];
-        r.cached = len as i64;
-        r.pending.drain(..len);
-        self.fed_tokens_saved += len;
-        self.prefix_tokens_reused += len;
-    }
-
-    /// Row `to` (same tokens as `from`) takes `from`'s freshly written cache.
-    fn copy_prefill(&mut self, from: RowId, to: RowId) {
-        let len = self.rows[from].cached;
-        let (src, dst) = (self.rows[from].slot, self.rows[to].slot);
-        if let (Some(src), Some(dst)) = (src, dst) {
-            self.cache.copy_slot(src as i64, dst as i64, len);
-        }
-        let r = &mut self.rows[to];
-        self.fed_tokens_saved += r.pending.len();
-        r.cached += r.pending.len() as i64;
-        r.pending.clear();
-    }
-
     /// Gives every running row a cache slot (a free one, else the least recently used
     /// stored prefix not in `keep`, else a new one), compacting away free slots when many
     /// are idle.
@@ -629,148 +421,5 @@ impl<'m> Engine<'m> {
                 self.rows[i].slot = Some(base + k);
             }
         }
-    }
-
-    /// Feeds each row's pending tokens; returns each row's next token or its distribution.
-    fn forward_group(&mut self, group: &[RowId]) -> Result<Vec<Next>> {
-        let device = self.model.device();
-        let s = group
-            .iter()
-            .map(|&i| self.rows[i].pending.len())
-            .max()
-            .unwrap_or(1);
-        let mut input = vec![0i64; group.len() * s];
-        let mut slots = Vec::with_capacity(group.len());
-        let mut starts = Vec::with_capacity(group.len());
-        let mut last = Vec::with_capacity(group.len());
-        let mut temps = Vec::with_capacity(group.len());
-        for (k, &i) in group.iter().enumerate() {
-            let r = &self.rows[i];
-            input[k * s..k * s + r.pending.len()].copy_from_slice(&r.pending);
-            slots.push(r.slot.expect("running rows have slots") as i64);
-            starts.push(r.cached);
-            last.push((k * s + r.pending.len() - 1) as i64);
-            temps.push(r.params.effective_temperature() as f32);
-        }
-        let all_rows = slots.len() == self.slots.len()
-            && slots.iter().enumerate().all(|(k, &s)| k as i64 == s);
-        let input = Tensor::from_slice(&input)
-            .view([group.len() as i64, s as i64])
-            .to_device(device);
-        let rows_t = Tensor::from_slice(&slots).to_device(device);
-        let hidden = self.model.forward_hidden(
-            &input,
-            AttnContext::Cached {
-                cache: &mut self.cache,
-                rows: &rows_t,
-                all_rows,
-                starts: &starts,
-            },
-        );
-        self.forward_calls += 1;
-        let h = hidden.size()[2];
-        let last_t = Tensor::from_slice(&last).to_device(device);
-        let picked = hidden.view([-1, h]).index_select(0, &last_t);
-        let temps_t = Tensor::from_slice(&temps).to_device(device).unsqueeze(1);
-        let lp = (self.model.logits(&picked) / temps_t).log_softmax(-1, Kind::Float);
-        for &i in group {
-            let r = &mut self.rows[i];
-            r.cached += r.pending.len() as i64;
-            r.pending.clear();
-        }
-        let all_greedy = group.iter().all(|&i| self.rows[i].params.is_greedy());
-        if all_greedy && !self.keep_distributions {
-            // Only the argmax and its log-prob cross to the host, not [rows, vocab].
-            let (best_lp, best) = lp.max_dim(-1, false);
-            let best: Vec<i64> = Vec::try_from(best.to_device(tch::Device::Cpu))?;
-            let best_lp: Vec<f32> = Vec::try_from(best_lp.to_device(tch::Device::Cpu))?;
-            return Ok(best
-                .into_iter()
-                .zip(best_lp)
-                .map(|(t, l)| Next::Chosen(t, l))
-                .collect());
-        }
-        let lp = lp.to_device(tch::Device::Cpu).contiguous();
-        let v = lp.size()[1] as usize;
-        let flat: Vec<f32> = Vec::<f32>::try_from(lp.view([-1]))?;
-        Ok(flat
-            .chunks(v)
-            .map(|c| Next::Distribution(c.to_vec()))
-            .collect())
-    }
-
-    /// Samples one token for row `i`; returns true when the row stopped.
-    fn sample_into(&mut self, i: RowId, next: Next) -> Result<bool> {
-        let eos = &self.tok.eos_ids;
-        let r = &mut self.rows[i];
-        let (t, lp) = match next {
-            Next::Chosen(t, lp) => (t, lp),
-            Next::Distribution(logprobs) => {
-                let (t, lp) = choose(&logprobs, &r.params, &mut r.rng);
-                if self.keep_distributions {
-                    r.last_distribution = Some(logprobs);
-                }
-                (t as i64, lp)
-            }
-        };
-        r.ids.push(t);
-        r.mask.push(1);
-        r.logprobs.push(lp);
-        r.pending.push(t);
-        r.turn_tokens += 1;
-        r.sampled_total += 1;
-        let new_text = r.turn.push(self.tok, &r.ids)?;
-        let reason = if eos.contains(&t) && !r.params.ignore_eos {
-            Some(StopReason::Eos)
-        } else if let Some(stop) = find_stop(&r.turn.text, new_text.len(), &r.params.stop) {
-            Some(StopReason::StopString(stop))
-        } else if r.turn_tokens >= r.params.max_new_tokens {
-            Some(StopReason::MaxNewTokens)
-        } else if r.ids.len() >= self.max_context {
-            Some(StopReason::ContextFull)
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => {
-                r.state = RowState::Stopped(reason);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-}
-
-/// A stop string that ends within the last `new_len` bytes of `text`.
-fn find_stop(text: &str, new_len: usize, stops: &[String]) -> Option<String> {
-    if new_len == 0 {
-        return None;
-    }
-    for stop in stops {
-        let from = text.len().saturating_sub(new_len + stop.len());
-        let from = (0..=from)
-            .rev()
-            .find(|&b| text.is_char_boundary(b))
-            .unwrap_or(0);
-        if text[from..].contains(stop.as_str()) {
-            return Some(stop.clone());
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::find_stop;
-
-    #[test]
-    fn stop_strings_found_only_in_new_text() {
-        let stops = vec!["</tool_call>".to_string()];
-        assert_eq!(
-            find_stop("abc</tool_call>", 3, &stops).as_deref(),
-            Some("</tool_call>")
-        );
-        assert_eq!(find_stop("abc</tool_call>", 0, &stops), None);
-        assert_eq!(find_stop("x</tool_", 2, &stops), None);
     }
 }
