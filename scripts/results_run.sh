@@ -26,6 +26,14 @@ evaluate() { # name model
   done
 }
 
+stamp "baselines' per-episode ranks (the paired bootstrap's inputs)"
+for subset in sparse dense; do
+  for m in bpr fusion:adaptive; do
+    f="$OUT/per-episode-${m//:/-}-$subset.jsonl"
+    [ -f "$f" ] || "$BIN" baseline --data "$DATA" --method "$m" --subset $subset \
+      --out "$OUT/baseline-${m//:/-}-$subset.json" --per-episode "$f"
+  done
+done
 if [ ! -f "$OUT/sft.jsonl" ]; then
   stamp "synth (scripted teacher, every training episode)"
   "$BIN" synth --config configs/results/synth.toml
@@ -48,3 +56,10 @@ evaluate sft-grpo "$OUT/final-export"
 stamp "done"
 cp checkpoints/pipeline/baseline-*.json "$OUT/" 2>/dev/null || true
 .venv/bin/python scripts/results_table.py "$OUT"
+pairs() { # file-prefix-A file-prefix-B
+  for subset in sparse dense; do echo --pair $subset "$OUT/$1-$subset.jsonl" "$OUT/$2-$subset.jsonl"; done
+}
+.venv/bin/python scripts/paired_bootstrap.py $(pairs eval-sft-grpo per-episode-bpr) --names agent bpr --json "$OUT/boot-agent-bpr.json"
+.venv/bin/python scripts/paired_bootstrap.py $(pairs eval-sft-grpo eval-sft) --names grpo sft --json "$OUT/boot-grpo-sft.json"
+.venv/bin/python scripts/paired_bootstrap.py $(pairs eval-sft per-episode-bpr) --names sft bpr --json "$OUT/boot-sft-bpr.json"
+.venv/bin/python scripts/paired_bootstrap.py $(pairs per-episode-fusion-adaptive per-episode-bpr) --names teacher bpr --json "$OUT/boot-teacher-bpr.json"
