@@ -50,6 +50,16 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+# The official clients the serving tests talk through (openai, mcp) and TensorBoard's
+# reader (tensorboard, tbparse): a second stamp, so an existing venv gains them once.
+STAMP2=$VENV/.recthinker-setup-clients-v1
+if [ ! -f "$STAMP2" ]; then
+  echo "[setup] installing the test clients (openai, mcp, tensorboard, tbparse)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
+    "openai>=1" "mcp>=1" tensorboard tbparse
+  touch "$STAMP2"
+fi
+
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 ln -sfn "$SITE/torch" "$VENV/libtorch"
 
