@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
+pub mod constraint;
 pub mod device;
 pub mod engine;
 pub mod fsutil;
@@ -13,6 +14,7 @@ pub mod layers;
 pub mod lora;
 pub mod model;
 pub mod policy;
+pub mod progress;
 pub mod rope;
 pub mod sampling;
 pub mod tokenizer;

@@ -1,6 +1,7 @@
 //! Token choice from one row of log-probabilities: greedy, or temperature / top-k / top-p
 //! sampling with a per-row seeded RNG (so a row samples the same alone or in a batch).
 
+use crate::constraint::Constraint;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -19,6 +20,8 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Keep going past EOS (benchmarks that need a fixed token count).
     pub ignore_eos: bool,
+    /// Restricts the next token while active (structured answers); None: free.
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for SamplingParams {
@@ -31,6 +34,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             seed: 0,
             ignore_eos: false,
+            constraint: None,
         }
     }
 }
@@ -40,6 +44,10 @@ impl SamplingParams {
         self.temperature <= 0.0
     }
     /// The temperature the log-probs are computed at (1 for greedy).
+    /// The constraint that applies after `turn_text`, if any.
+    pub fn active_constraint(&self, turn_text: &str) -> Option<&Constraint> {
+        self.constraint.as_ref().filter(|c| c.0.active(turn_text))
+    }
     pub fn effective_temperature(&self) -> f64 {
         if self.is_greedy() {
             1.0

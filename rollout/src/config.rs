@@ -19,6 +19,9 @@ pub struct AgentConfig {
     pub tool_max_chars: usize,
     /// False: the LLMRank-style baseline, ranking from the prompt alone.
     pub use_tools: bool,
+    /// Decode answers constrained to a permutation of the candidate indices
+    /// (`crate::constrained`); off by default, reported in rows of its own.
+    pub constrained_answers: bool,
 }
 
 impl Default for AgentConfig {
@@ -33,6 +36,7 @@ impl Default for AgentConfig {
             top_k: 0,
             tool_max_chars: 1200,
             use_tools: true,
+            constrained_answers: false,
         }
     }
 }

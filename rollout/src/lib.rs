@@ -4,6 +4,7 @@
 //! tool and continue with its result as forced tokens) until an answer or a limit.
 
 pub mod config;
+pub mod constrained;
 pub mod episode;
 pub mod generator;
 pub mod prompt;

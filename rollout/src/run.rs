@@ -1,6 +1,7 @@
 //! The batched agent loop over a `Generator`.
 
 use crate::config::AgentConfig;
+use crate::constrained::AnswerConstraint;
 use crate::episode::{AgentRow, CallRecord, EndReason};
 use crate::generator::Generator;
 use crate::prompt::{system_prompt, user_prompt};
@@ -98,6 +99,9 @@ pub fn run_agent_continuous(
     let stops = protocol::stops(cfg.use_tools);
     let total = episodes.len() * samples;
     let max_rows = max_rows.max(1);
+    let answer_tokens = cfg
+        .constrained_answers
+        .then(|| AnswerConstraint::tokens_of(tok));
     let mut live: Vec<Live> = Vec::new();
     let mut next = 0;
     // The episode whose samples are being admitted: its messages and prompt tokens.
@@ -124,6 +128,9 @@ pub fn run_agent_continuous(
                 stop: stops.clone(),
                 seed: seed.wrapping_add(next as u64),
                 ignore_eos: false,
+                constraint: answer_tokens
+                    .as_ref()
+                    .map(|t| AnswerConstraint::shared(episodes[e].candidates.len(), t.clone())),
             };
             let id = gen.add(prompt, params)?;
             live.push(Live {

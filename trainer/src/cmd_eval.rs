@@ -56,6 +56,10 @@ pub struct Args {
     /// Rank from the prompt alone (the LLMRank-style baseline).
     #[arg(long)]
     no_tools: bool,
+    /// Constrain each answer's tokens to a permutation of the candidate indices (structured
+    /// output); the report says so. Off by default: report these numbers in rows of their own.
+    #[arg(long)]
+    constrained_answers: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Report file (JSON).
@@ -97,6 +101,7 @@ pub fn run(a: Args) -> Result<()> {
         temperature: a.temperature,
         top_p: a.top_p,
         use_tools: !a.no_tools,
+        constrained_answers: a.constrained_answers,
         ..Default::default()
     };
     let registry = tools::suite::standard(cfg.tool_max_chars);
@@ -113,7 +118,7 @@ pub fn run(a: Args) -> Result<()> {
         )),
         None => None,
     };
-    let bar = trainer::run_dir::progress_bar("eval", "episodes", episodes.len() * a.samples, 0)?;
+    let bar = lm::progress::Progress::new("eval", "episodes", episodes.len() * a.samples, 0);
     let (mut done, mut valid) = (0usize, 0usize);
     let stats = evaluate(&policy, &env, &episodes, &opts, |s, ep| {
         if let Some(out) = traj_out.as_mut() {
@@ -125,8 +130,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         done += 1;
         valid += s.valid as usize;
-        bar.inc(1);
         bar.set_message(format!("valid {valid}/{done}"));
+        bar.inc(1);
         Ok(())
     })?;
     bar.finish();
@@ -141,6 +146,7 @@ pub fn run(a: Args) -> Result<()> {
     report["split"] = json!(a.split);
     report["samples"] = json!(a.samples);
     report["tools"] = json!(!a.no_tools);
+    report["constrained_answers"] = json!(a.constrained_answers);
     report["config"] = serde_json::to_value(&cfg)?;
     lm::fsutil::write_atomic(&a.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     let s = stats.ndcg();

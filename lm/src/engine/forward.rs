@@ -3,6 +3,7 @@
 //! token to its row with stop checks.
 
 use super::{Engine, RowId, RowState, StopReason};
+use crate::constraint::restrict;
 use crate::model::AttnContext;
 use crate::sampling::choose;
 use anyhow::Result;
@@ -63,7 +64,10 @@ impl Engine<'_> {
             r.cached += r.pending.len() as i64;
             r.pending.clear();
         }
-        let all_greedy = group.iter().all(|&i| self.rows[i].params.is_greedy());
+        let all_greedy = group.iter().all(|&i| {
+            let r = &self.rows[i];
+            r.params.is_greedy() && r.params.active_constraint(&r.turn.text).is_none()
+        });
         if all_greedy && !self.keep_distributions {
             // Only the argmax and its log-prob cross to the host, not [rows, vocab].
             let (best_lp, best) = lp.max_dim(-1, false);
@@ -90,7 +94,10 @@ impl Engine<'_> {
         let r = &mut self.rows[i];
         let (t, lp) = match next {
             Next::Chosen(t, lp) => (t, lp),
-            Next::Distribution(logprobs) => {
+            Next::Distribution(mut logprobs) => {
+                if let Some(c) = r.params.active_constraint(&r.turn.text) {
+                    restrict(&mut logprobs, &c.0.allowed(&r.turn.text));
+                }
                 let (t, lp) = choose(&logprobs, &r.params, &mut r.rng);
                 if self.keep_distributions {
                     r.last_distribution = Some(logprobs);
