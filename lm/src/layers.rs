@@ -29,6 +29,8 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// A LoRA adapter, when fine-tuning with one (see lora.rs).
     pub lora: Option<crate::lora::Lora>,
+    /// The frozen weight and bias cast for autocast, made at the first autocast call.
+    pub(crate) low: std::sync::OnceLock<(Tensor, Option<Tensor>)>,
 }
 
 impl Linear {
@@ -44,6 +46,7 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            low: Default::default(),
         })
     }
 
@@ -51,7 +54,37 @@ impl Linear {
         if self.lora.is_some() {
             return self.forward_lora(x);
         }
-        x.linear(&self.weight, self.bias.as_ref())
+        self.forward_base(x)
+    }
+
+    /// `x W^T + b`, in the autocast kind when one is on (`crate::autocast`).
+    pub(crate) fn forward_base(&self, x: &Tensor) -> Tensor {
+        let Some(kind) = crate::autocast::current().filter(|k| *k != self.weight.kind()) else {
+            return x.linear(&self.weight, self.bias.as_ref());
+        };
+        let y = if self.weight.requires_grad() {
+            let b = self.bias.as_ref().map(|b| b.to_kind(kind));
+            x.to_kind(kind)
+                .linear(&self.weight.to_kind(kind), b.as_ref())
+        } else {
+            let (w, b) = self.low.get_or_init(|| {
+                tch::no_grad(|| {
+                    (
+                        self.weight.to_kind(kind),
+                        self.bias.as_ref().map(|b| b.to_kind(kind)),
+                    )
+                })
+            });
+            if w.kind() == kind {
+                x.to_kind(kind).linear(w, b.as_ref())
+            } else {
+                x.to_kind(kind).linear(
+                    &w.to_kind(kind),
+                    b.as_ref().map(|b| b.to_kind(kind)).as_ref(),
+                )
+            }
+        };
+        y.to_kind(x.kind())
     }
 }
 

@@ -3,6 +3,7 @@
 //! batched generation engine. It knows nothing of recommendation, tools or rewards.
 
 pub mod attention;
+pub mod autocast;
 pub mod chat;
 pub mod config;
 pub mod constraint;

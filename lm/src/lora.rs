@@ -33,7 +33,7 @@ pub struct Lora {
 
 impl Linear {
     pub fn forward_lora(&self, x: &Tensor) -> Tensor {
-        let base = x.linear(&self.weight, self.bias.as_ref());
+        let base = self.forward_base(x);
         match &self.lora {
             Some(l) => base + x.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scale,
             None => base,
@@ -116,6 +116,7 @@ impl Model {
                             * l.scale)
                             .to_kind(lin.weight.kind());
                         let _ = lin.weight.g_add_(&delta);
+                        lin.low = Default::default();
                     }
                 }
             }

@@ -133,10 +133,11 @@ impl Model {
         self.norm.forward(&x)
     }
 
-    /// Vocabulary logits for hidden states [..., H], in f32.
+    /// Vocabulary logits for hidden states [..., H], in f32. The head is outside autocast:
+    /// log-probs (the policy ratio, the SFT loss) keep the model's own precision.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         let out = match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => crate::autocast::with(None, || head.forward(hidden)),
             None => hidden.linear::<Tensor>(&self.embed_tokens.weight, None),
         };
         out.to_kind(Kind::Float)
