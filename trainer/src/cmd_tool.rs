@@ -1,11 +1,12 @@
-//! `recthinker tool` and `recthinker baseline`.
+//! `recthinker tool`, `recthinker tools serve` (`trainer::mcp_server`) and `recthinker baseline`.
 
-use anyhow::{bail, Context, Result};
-use clap::Args as ClapArgs;
+use anyhow::{anyhow, Result};
+use clap::{Args as ClapArgs, Subcommand};
 use datasets::{Split, Subset};
 use std::path::PathBuf;
 use tools::baselines::{target_rank, Method};
 use tools::EpisodeView;
+use trainer::mcp_server::{self, find_episode, Env, Transport};
 
 #[derive(ClapArgs)]
 pub struct ToolArgs {
@@ -25,23 +26,58 @@ pub struct ToolArgs {
 
 pub fn run_tool(a: ToolArgs) -> Result<()> {
     let world = tools::world::load(&a.data)?;
-    let parts: Vec<&str> = a.episode.split(':').collect();
-    let [split, subset, index] = parts[..] else {
-        bail!("--episode `{}`: expected SPLIT:SUBSET:INDEX", a.episode)
-    };
-    let index: usize = index
-        .parse()
-        .with_context(|| format!("--episode index `{index}`"))?;
-    let eps = world
-        .data
-        .select(Split::parse(split)?, Subset::parse(subset)?);
-    let Some(&e) = eps.get(index) else {
-        bail!("--episode {}: only {} episodes", a.episode, eps.len())
-    };
+    let e = find_episode(&world, &a.episode).map_err(|m| anyhow!("--{m}"))?;
     let registry = tools::suite::standard(a.max_chars);
     let obs = registry.call_text(&world, &EpisodeView::new(&world, e), &a.call);
     println!("{}", obs.text);
     Ok(())
+}
+
+#[derive(ClapArgs)]
+pub struct ToolsArgs {
+    #[command(subcommand)]
+    command: ToolsCommand,
+}
+
+#[derive(Subcommand)]
+enum ToolsCommand {
+    /// Serve the tool suite as a Model Context Protocol server (stdio or streamable HTTP):
+    /// every tool takes an optional "episode" (SPLIT:SUBSET:INDEX), and `select_episode`
+    /// sets the session's default.
+    Serve(ServeArgs),
+}
+
+#[derive(ClapArgs)]
+struct ServeArgs {
+    /// Prepared HDF5 file.
+    #[arg(long)]
+    data: PathBuf,
+    /// stdio (one client on stdin/stdout) or http (streamable HTTP at http://HOST:PORT/mcp).
+    #[arg(long, default_value = "stdio", value_parser = ["stdio", "http"])]
+    transport: String,
+    /// HTTP address to bind (--transport http).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// HTTP port (--transport http; 0 picks a free one, printed on stderr).
+    #[arg(long, default_value_t = 8765)]
+    port: u16,
+    /// Cap on an observation's length in characters (as `recthinker tool`).
+    #[arg(long, default_value_t = 2000)]
+    max_chars: usize,
+}
+
+pub fn run_tools(a: ToolsArgs) -> Result<()> {
+    let ToolsCommand::Serve(a) = a.command;
+    let world = tools::world::load(&a.data)?;
+    let env = Env::new(world, tools::suite::standard(a.max_chars));
+    let transport = match a.transport.as_str() {
+        "http" => Transport::Http {
+            host: a.host,
+            port: a.port,
+        },
+        _ => Transport::Stdio,
+    };
+    mcp_server::serve(env, transport)
 }
 
 #[derive(ClapArgs)]

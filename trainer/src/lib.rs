@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod export;
 pub mod logprobs;
 pub mod losses;
+pub mod mcp_server;
 pub mod optim;
 pub mod plot;
 pub mod rl;

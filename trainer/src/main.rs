@@ -62,6 +62,8 @@ enum Command {
     Data(cmd_data::Args),
     /// Call one tool for one episode and print the observation.
     Tool(cmd_tool::ToolArgs),
+    /// The tool suite as a service: `tools serve` (a Model Context Protocol server).
+    Tools(cmd_tool::ToolsArgs),
     /// Evaluate a classical recommender (random, pop, itemknn, bpr, sasrec).
     Baseline(cmd_tool::BaselineArgs),
     /// Run the agent on evaluation episodes; report NDCG, validity, tool use, throughput.
@@ -100,6 +102,7 @@ fn main() {
         Command::Rl(a) => cmd_train::rl_cmd(a),
         Command::Export(a) => cmd_train::export_cmd(a),
         Command::Tool(a) => cmd_tool::run_tool(a),
+        Command::Tools(a) => cmd_tool::run_tools(a),
         Command::Baseline(a) => cmd_tool::run_baseline(a),
     };
     if let Err(e) = result {
