@@ -380,13 +380,46 @@ fn build_kg(raw: &RawDataset, item_index: &HashMap<&str, u32>) -> KnowledgeGraph
     }
 }
 
+/// Numeric ids in numeric order, then the others in text order (ties by text): a total
+/// order. Comparing pairwise (numerically only when both were numbers) was not one when
+/// numeric and other ids mixed ("9" < "10" < "1a" < "9"), and sorting panicked.
 fn cmp_ids(a: &str, b: &str) -> std::cmp::Ordering {
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        _ => a.cmp(b),
-    }
+    let key = |s: &str| {
+        let n = s.parse::<u64>().ok();
+        (n.is_none(), n)
+    };
+    key(a).cmp(&key(b)).then_with(|| a.cmp(b))
 }
 
 fn sort_ids(ids: &mut [&str]) {
     ids.sort_by(|a, b| cmp_ids(a, b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: mixed numeric and other ids sort without a panic, numbers first.
+    #[test]
+    fn mixed_ids_sort_in_a_total_order() {
+        let mut ids = vec!["1a", "10", "9", "B07", "007", "7", "a", "100"];
+        for _ in 0..50 {
+            sort_ids(&mut ids);
+            ids.rotate_left(3);
+        }
+        sort_ids(&mut ids);
+        assert_eq!(ids, ["007", "7", "9", "10", "100", "1a", "B07", "a"]);
+        let many: Vec<String> = (0..200)
+            .map(|i| {
+                if i % 3 == 0 {
+                    format!("{i}x")
+                } else {
+                    i.to_string()
+                }
+            })
+            .collect();
+        let mut refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        sort_ids(&mut refs);
+        assert!(refs.windows(2).all(|w| cmp_ids(w[0], w[1]).is_le()));
+    }
 }

@@ -11,10 +11,22 @@ use std::path::{Path, PathBuf};
 /// 2: a second model set, `/models_train`, for training episodes.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Writes into a temporary file beside `path`; `finish` moves it into place. Dropped without
+/// `finish` (an error on the way), it removes the temporary file: a failed write leaves
+/// neither a torn store nor a stray temporary behind.
 pub struct Writer {
-    file: hdf5::File,
+    file: Option<hdf5::File>,
     tmp: PathBuf,
     path: PathBuf,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            let _ = file.close();
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl Writer {
@@ -33,14 +45,18 @@ impl Writer {
         let file =
             hdf5::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(Self {
-            file,
+            file: Some(file),
             tmp,
             path: path.to_path_buf(),
         })
     }
 
+    fn file(&self) -> Result<&hdf5::File> {
+        self.file.as_ref().context("the store was already finished")
+    }
+
     fn parent_group(&self, name: &str) -> Result<(hdf5::Group, String)> {
-        let mut group: hdf5::Group = (*self.file).clone();
+        let mut group: hdf5::Group = (**self.file()?).clone();
         let mut parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
         let leaf = parts.pop().context("empty dataset name")?.to_string();
         for p in parts {
@@ -78,7 +94,7 @@ impl Writer {
         let v: VarLenUnicode = value
             .parse()
             .map_err(|e| anyhow::anyhow!("attribute {name}: {e}"))?;
-        self.file
+        self.file()?
             .new_attr::<VarLenUnicode>()
             .create(name)?
             .write_scalar(&v)?;
@@ -86,11 +102,17 @@ impl Writer {
     }
 
     /// Closes the file and moves it into place.
-    pub fn finish(self) -> Result<()> {
-        let Self { file, tmp, path } = self;
-        file.close().context("closing HDF5 file")?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    pub fn finish(mut self) -> Result<()> {
+        let file = self.file.take().context("the store was already finished")?;
+        let done = file.close().context("closing HDF5 file").and_then(|()| {
+            std::fs::rename(&self.tmp, &self.path).with_context(|| {
+                format!("renaming {} to {}", self.tmp.display(), self.path.display())
+            })
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        done
     }
 }
 
@@ -234,44 +256,92 @@ pub fn write_prepared(w: &Writer, p: &Prepared) -> Result<()> {
 }
 
 pub fn read_prepared(r: &Reader) -> Result<Prepared> {
-    let version: u32 = r
-        .attr("schema_version")?
-        .parse()
-        .context("schema_version")?;
+    let version: u32 = r.attr("schema_version")?.trim().parse().with_context(|| {
+        format!(
+            "{}: attribute `schema_version` is not a version number",
+            r.path.display()
+        )
+    })?;
     if version != SCHEMA_VERSION {
         bail!("{}: schema version {version}, this build reads {SCHEMA_VERSION}; run `recthinker data prepare` again", r.path.display());
     }
-    let config: PrepareConfig =
-        serde_json::from_str(&r.attr("config")?).context("parsing the stored config")?;
-    let items = r
-        .get_strings("items/raw_id")?
+    let config: PrepareConfig = serde_json::from_str(&r.attr("config")?)
+        .with_context(|| format!("{}: parsing attribute `config`", r.path.display()))?;
+    let bad = |name: &str, what: String| -> anyhow::Error {
+        anyhow::anyhow!("{}: dataset /{name}: {what}", r.path.display())
+    };
+    // Parallel datasets of one table must have one row each.
+    let same_len = |a: &str, na: usize, b: &str, nb: usize| -> Result<()> {
+        if na != nb {
+            return Err(bad(b, format!("{nb} rows, but /{a} has {na}")));
+        }
+        Ok(())
+    };
+    let meta_rows = |ids: &str, metas: &str| -> Result<Vec<(String, String)>> {
+        let (ids_v, metas_v) = (r.get_strings(ids)?, r.get_strings(metas)?);
+        same_len(ids, ids_v.len(), metas, metas_v.len())?;
+        Ok(ids_v.into_iter().zip(metas_v).collect())
+    };
+    let items = meta_rows("items/raw_id", "items/meta")?
         .into_iter()
-        .zip(r.get_strings("items/meta")?.iter())
-        .map(|(raw_id, m)| {
+        .enumerate()
+        .map(|(k, (raw_id, m))| {
             Ok(Item {
                 raw_id,
-                meta: serde_json::from_str(m).context("parsing stored item metadata")?,
+                meta: serde_json::from_str(&m)
+                    .map_err(|e| bad("items/meta", format!("row {k}: {e}")))?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let users = r
-        .get_strings("users/raw_id")?
+    let users = meta_rows("users/raw_id", "users/meta")?
         .into_iter()
-        .zip(r.get_strings("users/meta")?.iter())
-        .map(|(raw_id, m)| {
+        .enumerate()
+        .map(|(k, (raw_id, m))| {
             Ok(User {
                 raw_id,
-                meta: serde_json::from_str(m).context("parsing stored user metadata")?,
+                meta: serde_json::from_str(&m)
+                    .map_err(|e| bad("users/meta", format!("row {k}: {e}")))?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let (n_items, n_users) = (items.len(), users.len());
+    // Every index must point into its table.
+    let in_range = |name: &str, ids: &[u32], n: usize| -> Result<()> {
+        match ids.iter().position(|&i| i as usize >= n) {
+            Some(k) => Err(bad(name, format!("row {k} = {} is not below {n}", ids[k]))),
+            None => Ok(()),
+        }
+    };
     let offsets: Vec<u64> = r.get("events/user_offsets")?;
     let (item, rating, ts): (Vec<u32>, Vec<f32>, Vec<i64>) = (
         r.get("events/item")?,
         r.get("events/rating")?,
         r.get("events/timestamp")?,
     );
-    let sequences = offsets
+    same_len("events/item", item.len(), "events/rating", rating.len())?;
+    same_len("events/item", item.len(), "events/timestamp", ts.len())?;
+    in_range("events/item", &item, n_items)?;
+    if let Some(k) = rating.iter().position(|x| !x.is_finite()) {
+        return Err(bad(
+            "events/rating",
+            format!("row {k} is not a finite number"),
+        ));
+    }
+    if offsets.len() != n_users + 1
+        || offsets.first() != Some(&0)
+        || offsets.last() != Some(&(item.len() as u64))
+        || offsets.windows(2).any(|w| w[0] > w[1])
+    {
+        return Err(bad(
+            "events/user_offsets",
+            format!(
+                "expected {} non-decreasing offsets from 0 to {} (the length of /events/item)",
+                n_users + 1,
+                item.len()
+            ),
+        ));
+    }
+    let sequences: Vec<Vec<Event>> = offsets
         .windows(2)
         .map(|w| {
             (w[0] as usize..w[1] as usize)
@@ -283,11 +353,24 @@ pub fn read_prepared(r: &Reader) -> Result<Prepared> {
                 .collect()
         })
         .collect();
+    if let Some(u) = sequences.iter().position(|s| s.len() < 2) {
+        return Err(bad(
+            "events/user_offsets",
+            format!("user {u} has fewer than 2 events (no validation and test target)"),
+        ));
+    }
     let (fi, fr, fe): (Vec<u32>, Vec<u32>, Vec<u32>) = (
         r.get("kg/item")?,
         r.get("kg/relation")?,
         r.get("kg/entity")?,
     );
+    same_len("kg/item", fi.len(), "kg/relation", fr.len())?;
+    same_len("kg/item", fi.len(), "kg/entity", fe.len())?;
+    let relations = r.get_strings("kg/relations")?;
+    let entities = r.get_strings("kg/entities")?;
+    in_range("kg/item", &fi, n_items)?;
+    in_range("kg/relation", &fr, relations.len())?;
+    in_range("kg/entity", &fe, entities.len())?;
     let kg = KnowledgeGraph {
         facts: fi
             .into_iter()
@@ -295,38 +378,66 @@ pub fn read_prepared(r: &Reader) -> Result<Prepared> {
             .zip(fe)
             .map(|((i, rel), e)| (i, rel, e))
             .collect(),
-        relations: r.get_strings("kg/relations")?,
-        entities: r.get_strings("kg/entities")?,
+        relations,
+        entities,
     };
     let episodes = |name: &str| -> Result<Vec<Episode>> {
-        let users: Vec<u32> = r.get(&format!("episodes/{name}/user"))?;
-        let pos: Vec<u32> = r.get(&format!("episodes/{name}/pos"))?;
-        let tix: Vec<u32> = r.get(&format!("episodes/{name}/target_index"))?;
-        let cands: Vec<u32> = r.get(&format!("episodes/{name}/candidates"))?;
+        let path = |field: &str| format!("episodes/{name}/{field}");
+        let users: Vec<u32> = r.get(&path("user"))?;
+        let pos: Vec<u32> = r.get(&path("pos"))?;
+        let tix: Vec<u32> = r.get(&path("target_index"))?;
+        let cands: Vec<u32> = r.get(&path("candidates"))?;
         let c = config.candidates;
+        same_len(&path("user"), users.len(), &path("pos"), pos.len())?;
+        same_len(&path("user"), users.len(), &path("target_index"), tix.len())?;
         if cands.len() != users.len() * c {
-            bail!(
-                "{}: /episodes/{name}/candidates has {} ids, expected {}",
-                r.path.display(),
-                cands.len(),
-                users.len() * c
-            );
+            return Err(bad(
+                &path("candidates"),
+                format!("{} ids, expected {}", cands.len(), users.len() * c),
+            ));
         }
-        Ok((0..users.len())
-            .map(|k| Episode {
-                user: users[k],
-                pos: pos[k],
-                candidates: cands[k * c..(k + 1) * c].to_vec(),
-                target_index: tix[k],
+        in_range(&path("user"), &users, n_users)?;
+        in_range(&path("target_index"), &tix, c)?;
+        in_range(&path("candidates"), &cands, n_items)?;
+        (0..users.len())
+            .map(|k| {
+                let seq = &sequences[users[k] as usize];
+                let Some(target) = seq.get(pos[k] as usize) else {
+                    return Err(bad(
+                        &path("pos"),
+                        format!(
+                            "row {k} = {} is past its user's {} events",
+                            pos[k],
+                            seq.len()
+                        ),
+                    ));
+                };
+                let candidates = cands[k * c..(k + 1) * c].to_vec();
+                if candidates[tix[k] as usize] != target.item {
+                    return Err(bad(
+                        &path("target_index"),
+                        format!("row {k} does not point at the episode's target"),
+                    ));
+                }
+                Ok(Episode {
+                    user: users[k],
+                    pos: pos[k],
+                    candidates,
+                    target_index: tix[k],
+                })
             })
-            .collect())
+            .collect()
     };
+    let sparse_users: Vec<u32> = r.get("subsets/sparse")?;
+    let dense_users: Vec<u32> = r.get("subsets/dense")?;
+    in_range("subsets/sparse", &sparse_users, n_users)?;
+    in_range("subsets/dense", &dense_users, n_users)?;
     Ok(Prepared {
         train: episodes("train")?,
         valid: episodes("valid")?,
         test: episodes("test")?,
-        sparse_users: r.get("subsets/sparse")?,
-        dense_users: r.get("subsets/dense")?,
+        sparse_users,
+        dense_users,
         config,
         items,
         users,

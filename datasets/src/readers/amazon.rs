@@ -2,7 +2,7 @@
 //! 5-core review files, and `meta_*.json`) and the 2023 release (`user_id parent_asin rating
 //! timestamp` in milliseconds, and `meta_*.jsonl`). Files must be decompressed.
 
-use super::{find_file, read_text};
+use super::{find_file, read_text, require_rows};
 use crate::raw::{Interaction, ItemMeta, RawDataset};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -22,6 +22,7 @@ fn json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
             .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
         out.push((i + 1, v));
     }
+    require_rows(out.len(), path, 1)?;
     Ok(out)
 }
 
@@ -40,8 +41,16 @@ fn req_f64(v: &Value, key: &str, path: &Path, line: usize) -> Result<f64> {
             .with_context(|| format!("{}:{line}: `{key}` out of range", path.display())),
         Some(Value::String(s)) => s
             .trim()
-            .parse()
-            .with_context(|| format!("{}:{line}: `{key}` = {s:?} is not a number", path.display())),
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .with_context(|| {
+                let shown: String = s.chars().take(40).collect();
+                format!(
+                    "{}:{line}: `{key}` = {shown:?} is not a number",
+                    path.display()
+                )
+            }),
         _ => bail!("{}:{line}: missing numeric field `{key}`", path.display()),
     }
 }
@@ -109,10 +118,14 @@ fn read_reviews(path: &Path, f: &ReviewFields) -> Result<Vec<Interaction>> {
     json_lines(path)?
         .into_iter()
         .map(|(line, v)| {
+            let rating = req_f64(&v, f.rating, path, line)? as f32;
+            if !rating.is_finite() {
+                bail!("{}:{line}: `{}` out of range", path.display(), f.rating);
+            }
             Ok(Interaction {
                 user: req_str(&v, f.user, path, line)?,
                 item: req_str(&v, f.item, path, line)?,
-                rating: req_f64(&v, f.rating, path, line)? as f32,
+                rating,
                 timestamp: (req_f64(&v, f.timestamp, path, line)? / f.per_second) as i64,
             })
         })
@@ -135,6 +148,9 @@ pub fn read_2018(dir: &Path) -> Result<RawDataset> {
     }) {
         for (line, v) in json_lines(&meta)? {
             let asin = req_str(&v, "asin", &meta, line)?;
+            if ds.items.contains_key(&asin) {
+                continue; // published metadata can repeat a product: the first entry counts
+            }
             let categories = str_list(v.get("category"));
             ds.items.insert(
                 asin,
@@ -180,6 +196,9 @@ pub fn read_2023(dir: &Path) -> Result<RawDataset> {
     }) {
         for (line, v) in json_lines(&meta)? {
             let id = req_str(&v, "parent_asin", &meta, line)?;
+            if ds.items.contains_key(&id) {
+                continue; // published metadata can repeat a product: the first entry counts
+            }
             let details = v.get("details");
             let brand = v
                 .get("store")

@@ -1,7 +1,7 @@
 //! The original GroupLens files: MovieLens-100k (`u.data u.item u.user`) and MovieLens-1M
 //! (`ratings.dat movies.dat users.dat`, `::`-separated, latin-1).
 
-use super::{parse, read_bytes};
+use super::{first_time, parse, parse_finite, read_bytes, require_rows};
 use crate::raw::{latin1, split_title_year, Interaction, ItemMeta, RawDataset, UserMeta};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -75,6 +75,7 @@ fn rows(path: &Path, sep: &str, n: usize) -> Result<Vec<(usize, Vec<String>)>> {
         }
         out.push((i + 1, f));
     }
+    require_rows(out.len(), path, 1)?;
     Ok(out)
 }
 
@@ -86,7 +87,7 @@ fn read_ratings(path: &Path, sep: &str) -> Result<Vec<Interaction>> {
             Ok(Interaction {
                 user: f[0].clone(),
                 item: f[1].clone(),
-                rating: parse(&f[2], "rating", path, line)?,
+                rating: parse_finite(&f[2], "rating", path, line)?,
                 timestamp: parse(&f[3], "timestamp", path, line)?,
             })
         })
@@ -101,12 +102,19 @@ pub fn read_ml100k(dir: &Path) -> Result<RawDataset> {
     ds.interactions = read_ratings(&dir.join("u.data"), "\t")?;
     let item = dir.join("u.item");
     if item.exists() {
+        let mut seen = std::collections::HashMap::new();
         for (line, f) in rows(&item, "|", 5 + ML100K_GENRES.len())? {
+            first_time(&mut seen, &f[0], &item, line)?;
             let (title, year) = split_title_year(&f[1]);
             let mut categories = Vec::new();
             for (g, flag) in ML100K_GENRES.iter().zip(&f[5..]) {
-                if parse::<u8>(flag, "genre flag", &item, line)? == 1 {
-                    categories.push(g.to_string());
+                match parse::<u8>(flag, "genre flag", &item, line)? {
+                    0 => {}
+                    1 => categories.push(g.to_string()),
+                    other => bail!(
+                        "{}:{line}: genre flag {other} for {g}: expected 0 or 1",
+                        item.display()
+                    ),
                 }
             }
             ds.items.insert(
@@ -122,7 +130,9 @@ pub fn read_ml100k(dir: &Path) -> Result<RawDataset> {
     }
     let user = dir.join("u.user");
     if user.exists() {
-        for (_, f) in rows(&user, "|", 5)? {
+        let mut seen = std::collections::HashMap::new();
+        for (line, f) in rows(&user, "|", 5)? {
+            first_time(&mut seen, &f[0], &user, line)?;
             ds.users.insert(
                 f[0].clone(),
                 UserMeta {
@@ -145,7 +155,9 @@ pub fn read_ml1m(dir: &Path) -> Result<RawDataset> {
     ds.interactions = read_ratings(&dir.join("ratings.dat"), "::")?;
     let movies = dir.join("movies.dat");
     if movies.exists() {
-        for (_, f) in rows(&movies, "::", 3)? {
+        let mut seen = std::collections::HashMap::new();
+        for (line, f) in rows(&movies, "::", 3)? {
+            first_time(&mut seen, &f[0], &movies, line)?;
             let (title, year) = split_title_year(&f[1]);
             let categories = f[2]
                 .split('|')
@@ -165,7 +177,9 @@ pub fn read_ml1m(dir: &Path) -> Result<RawDataset> {
     }
     let users = dir.join("users.dat");
     if users.exists() {
+        let mut seen = std::collections::HashMap::new();
         for (line, f) in rows(&users, "::", 5)? {
+            first_time(&mut seen, &f[0], &users, line)?;
             let occ: usize = parse(&f[3], "occupation", &users, line)?;
             let Some(occupation) = ML1M_OCCUPATIONS.get(occ) else {
                 bail!(

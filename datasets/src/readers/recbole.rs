@@ -2,7 +2,7 @@
 //! such as `item_id:token<TAB>movie_title:token_seq`. MovieLens-100k as shipped by PyPI
 //! `recbole==1.2.1` under `recbole/dataset_example/ml-100k/`.
 
-use super::{parse, read_text};
+use super::{first_time, parse_finite, read_text, require_rows};
 use crate::raw::{split_title_year, Interaction, ItemMeta, KgFact, RawDataset, UserMeta};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -17,13 +17,28 @@ impl Atomic {
     fn read(path: &Path) -> Result<Self> {
         let text = read_text(path)?;
         let mut lines = text.lines().enumerate();
-        let Some((_, header)) = lines.next() else {
+        let Some((_, header)) = lines.next().filter(|(_, h)| !h.trim().is_empty()) else {
             bail!("{}:1: empty file, expected a typed header", path.display());
         };
-        let names: Vec<String> = header
-            .split('\t')
-            .map(|h| h.split(':').next().unwrap_or(h).to_string())
-            .collect();
+        // Every header field is `name:type` (RecBole's atomic format); anything else is a
+        // file with another delimiter or no header.
+        let mut names = Vec::new();
+        for field in header.split('\t') {
+            match field.trim_end_matches('\r').split_once(':') {
+                Some((name, ty))
+                    if !name.is_empty()
+                        && ["token", "token_seq", "float", "float_seq"].contains(&ty) =>
+                {
+                    names.push(name.to_string())
+                }
+                _ => bail!(
+                    "{}:1: header field `{}` is not `name:type` (token, token_seq, float or \
+                     float_seq) in a tab-separated header",
+                    path.display(),
+                    field.chars().take(60).collect::<String>()
+                ),
+            }
+        }
         let mut rows = Vec::new();
         for (i, line) in lines {
             if line.is_empty() {
@@ -42,6 +57,7 @@ impl Atomic {
             }
             rows.push((i + 1, fields));
         }
+        require_rows(rows.len(), path, 2)?;
         Ok(Self { names, rows })
     }
 
@@ -75,8 +91,8 @@ pub fn read(dir: &Path, name: &str) -> Result<RawDataset> {
         ds.interactions.push(Interaction {
             user: f[u].clone(),
             item: f[i].clone(),
-            rating: parse(&f[r], "rating", &inter_path, *line)?,
-            timestamp: parse::<f64>(&f[t], "timestamp", &inter_path, *line)? as i64,
+            rating: parse_finite(&f[r], "rating", &inter_path, *line)?,
+            timestamp: parse_finite::<f64>(&f[t], "timestamp", &inter_path, *line)? as i64,
         });
     }
     let item_path = dir.join(format!("{name}.item"));
@@ -86,14 +102,15 @@ pub fn read(dir: &Path, name: &str) -> Result<RawDataset> {
         let title = items.col("movie_title", &item_path)?;
         let year = items.names.iter().position(|n| n == "release_year");
         let class = items.names.iter().position(|n| n == "class");
+        let mut seen = std::collections::HashMap::new();
         for (line, f) in &items.rows {
+            first_time(&mut seen, &f[id], &item_path, *line)?;
             let (clean, title_year) = split_title_year(&f[title]);
             // The shipped ml-100k.item writes unknown years as "unkonwn": treat any
             // non-numeric year as unknown rather than rejecting the real file.
             let year = year
                 .and_then(|y| f[y].trim().parse::<i32>().ok())
                 .or(title_year);
-            let _ = line;
             let categories = class
                 .map(|c| f[c].split_whitespace().map(str::to_string).collect())
                 .unwrap_or_default();
@@ -119,7 +136,9 @@ pub fn read(dir: &Path, name: &str) -> Result<RawDataset> {
             get("occupation"),
             get("zip_code"),
         );
-        for (_, f) in &users.rows {
+        let mut seen = std::collections::HashMap::new();
+        for (line, f) in &users.rows {
+            first_time(&mut seen, &f[id], &user_path, *line)?;
             let pick = |c: Option<usize>| c.map(|c| f[c].clone()).filter(|v| !v.is_empty());
             ds.users.insert(
                 f[id].clone(),
