@@ -1,5 +1,7 @@
 //! Shared helpers for the integration tests: the repo's venv Python, reference models.
 
+pub mod synthetic;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -292,7 +292,7 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<World> {
                 h.name()
             );
         }
-        CfModels::load(&r, group)
+        CfModels::load(&r, group, data.users.len(), data.items.len())
     });
     Ok(World::new(data, eval?, train?))
 }

@@ -105,7 +105,10 @@ impl Bpr {
             .copied()
             .unwrap_or(0) as usize;
         if dim == 0 {
-            bail!("{}: {prefix}/bpr/dim is missing or zero", r.path.display());
+            bail!(
+                "{}: dataset /{prefix}/bpr/dim is missing or zero",
+                r.path.display()
+            );
         }
         Ok(Self {
             dim,

@@ -7,7 +7,7 @@ pub mod cooc;
 pub mod sasrec;
 pub mod userknn;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use datasets::store::{Reader, Writer};
 use datasets::{Event, Prepared};
 
@@ -59,15 +59,52 @@ impl CfModels {
         self.sasrec.save(w, prefix)
     }
 
-    /// Reads the models `save` wrote under `prefix`.
-    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
+    /// Reads the models `save` wrote under `prefix` for a dataset of `n_users` users and
+    /// `n_items` items; a model whose shape does not fit them is an error naming its HDF5
+    /// dataset (a damaged store or one from another dataset), never a panic later.
+    pub fn load(r: &Reader, prefix: &str, n_users: usize, n_items: usize) -> Result<Self> {
+        let cooc = cooc::CoOccurrence::load(r, prefix)?;
+        cooc.sims
+            .check(r, &format!("{prefix}/cooc/sims"), n_items, n_items)?;
+        cooc.counts
+            .check(r, &format!("{prefix}/cooc/counts"), n_items, n_items)?;
+        let userknn = userknn::UserKnn::load(r, prefix)?;
+        userknn
+            .neighbors
+            .check(r, &format!("{prefix}/userknn"), n_users, n_users)?;
+        let bpr = bpr::Bpr::load(r, prefix)?;
+        for (name, values, rows) in [
+            ("users", &bpr.users, n_users * bpr.dim),
+            ("items", &bpr.items, n_items * bpr.dim),
+            ("item_bias", &bpr.item_bias, n_items),
+        ] {
+            if values.len() != rows {
+                bail!(
+                    "{}: dataset /{prefix}/bpr/{name} has {} values, expected {rows}",
+                    r.path.display(),
+                    values.len()
+                );
+            }
+            finite(r, &format!("{prefix}/bpr/{name}"), values)?;
+        }
         Ok(Self {
-            cooc: cooc::CoOccurrence::load(r, prefix)?,
-            userknn: userknn::UserKnn::load(r, prefix)?,
-            bpr: bpr::Bpr::load(r, prefix)?,
-            sasrec: sasrec::SasRec::new(sasrec::SasRecWeights::load(r, prefix)?),
+            cooc,
+            userknn,
+            bpr,
+            sasrec: sasrec::SasRec::new(sasrec::SasRecWeights::load(r, prefix, n_items)?),
         })
     }
+}
+
+/// Model weights read from `name` must be finite numbers (NaN or inf: a damaged store).
+pub fn finite(r: &Reader, name: &str, values: &[f32]) -> Result<()> {
+    if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: dataset /{name}: row {k} is not a finite number",
+            r.path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Sparse neighbour lists in CSR form: `neighbors[offsets[i]..offsets[i+1]]`.
@@ -109,6 +146,41 @@ impl Neighbors {
         w.put(&format!("{prefix}/offsets"), &self.offsets)?;
         w.put(&format!("{prefix}/ids"), &self.ids)?;
         w.put(&format!("{prefix}/weights"), &self.weights)
+    }
+
+    /// `rows` lists of ids below `n_ids`, laid out as `from_rows` lays them out.
+    pub fn check(&self, r: &Reader, prefix: &str, rows: usize, n_ids: usize) -> Result<()> {
+        let o = &self.offsets;
+        if o.len() != rows + 1
+            || o.first() != Some(&0)
+            || o.last() != Some(&(self.ids.len() as u64))
+            || o.windows(2).any(|w| w[0] > w[1])
+        {
+            bail!(
+                "{}: dataset /{prefix}/offsets: expected {} non-decreasing offsets from 0 to {} \
+                 (the length of /{prefix}/ids)",
+                r.path.display(),
+                rows + 1,
+                self.ids.len()
+            );
+        }
+        if self.weights.len() != self.ids.len() {
+            bail!(
+                "{}: dataset /{prefix}/weights has {} values, /{prefix}/ids {}",
+                r.path.display(),
+                self.weights.len(),
+                self.ids.len()
+            );
+        }
+        finite(r, &format!("{prefix}/weights"), &self.weights)?;
+        if let Some(k) = self.ids.iter().position(|&i| i as usize >= n_ids) {
+            bail!(
+                "{}: dataset /{prefix}/ids: row {k} = {} is not below {n_ids}",
+                r.path.display(),
+                self.ids[k]
+            );
+        }
+        Ok(())
     }
 
     pub fn load(r: &Reader, prefix: &str) -> Result<Self> {

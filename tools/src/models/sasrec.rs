@@ -271,24 +271,39 @@ impl SasRecWeights {
         Ok(())
     }
 
-    pub fn load(r: &Reader, prefix: &str) -> Result<Self> {
+    /// The weights `save` wrote under `prefix`, for a dataset of `expect_items` items.
+    pub fn load(r: &Reader, prefix: &str, expect_items: usize) -> Result<Self> {
         lm::torch_env::init();
         let n_items = *r
             .get::<i64>(&format!("{prefix}/sasrec/n_items"))?
             .first()
-            .with_context(|| format!("{prefix}/sasrec/n_items is empty"))?;
+            .with_context(|| {
+                format!(
+                    "{}: dataset /{prefix}/sasrec/n_items is empty",
+                    r.path.display()
+                )
+            })?;
+        if n_items != expect_items as i64 {
+            bail!(
+                "{}: dataset /{prefix}/sasrec/n_items = {n_items}, but the data has {expect_items} items",
+                r.path.display()
+            );
+        }
         let mut vs = nn::VarStore::new(Device::Cpu);
         let model = SasRecModel::new(&vs.root(), n_items, SasRecConfig::default());
         for (name, mut t) in vs.variables() {
             let data: Vec<f32> = r.get(&format!("{prefix}/sasrec/weights/{name}"))?;
             let shape: Vec<i64> = r.get(&format!("{prefix}/sasrec/shapes/{name}"))?;
-            if shape != t.size() {
+            if shape != t.size() || data.len() as i64 != t.numel() as i64 {
                 bail!(
-                    "{}: SASRec weight {name} has shape {shape:?}, expected {:?}",
+                    "{}: dataset /{prefix}/sasrec/weights/{name}: {} values of shape {shape:?}, \
+                     expected shape {:?}",
                     r.path.display(),
+                    data.len(),
                     t.size()
                 );
             }
+            super::finite(r, &format!("{prefix}/sasrec/weights/{name}"), &data)?;
             tch::no_grad(|| t.copy_(&Tensor::from_slice(&data).view(&shape[..])));
         }
         vs.freeze();
