@@ -64,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
         stop: a.stop,
         seed: a.seed,
         ignore_eos: false,
+        constraint: None,
     };
     let mut engine = Engine::new(&policy.model, &policy.tokenizer);
     let row = engine.add_row(&prompt, params)?;
