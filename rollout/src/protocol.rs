@@ -31,8 +31,14 @@ pub fn stops(use_tools: bool) -> Vec<String> {
 }
 
 /// `<think>{reasoning}</think>\n{action}`; just the action when there is no reasoning.
+/// Thinking tags inside the reasoning become line breaks, so the text around them cannot
+/// join into a new tag (`<ans<think>wer>` stays two pieces).
 pub fn with_thinking(reasoning: &str, action: &str) -> String {
-    let r = reasoning.replace(THINK.0, "").replace(THINK.1, "");
+    let r: Vec<&str> = reasoning
+        .split(THINK.0)
+        .flat_map(|s| s.split(THINK.1))
+        .collect();
+    let r = r.join("\n");
     let r = r.trim();
     if r.is_empty() {
         action.to_string()
@@ -67,16 +73,17 @@ pub fn answer_turn(reasoning: &str, ranking: &[usize]) -> String {
     with_thinking(reasoning, &answer_block(ranking))
 }
 
-/// A turn's text cut after its `<block>...</block>` (`block`: one of the tag pairs), with
+/// A turn's text cut after its `<block>...</block>` (`block`: one of the tag pairs; the
+/// first opening tag and the first closing tag after it, the block `classify` reads), with
 /// any text before the block as its reasoning; other text is returned trimmed.
 pub fn normalize_turn(turn: &str, block: (&str, &str)) -> String {
-    let turn = turn
+    let Some(p) = turn.find(block.0) else {
+        return turn.trim().to_string();
+    };
+    let end = turn[p..]
         .find(block.1)
-        .map_or(turn, |p| &turn[..p + block.1.len()]);
-    match turn.find(block.0) {
-        Some(p) => with_thinking(&turn[..p], turn[p..].trim()),
-        None => turn.trim().to_string(),
-    }
+        .map_or(turn.len(), |e| p + e + block.1.len());
+    with_thinking(&turn[..p], turn[p..end].trim())
 }
 
 /// The protocol's text form of a tool result.
