@@ -193,3 +193,87 @@ fn tool_command_prints_observations_and_errors() {
     let bad = recthinker(&["baseline", "--data", "/nonexistent.h5", "--method", "pop"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.h5"));
 }
+
+/// A failed `data prepare` leaves no store and no temporary file (issue 14): a corrupt
+/// ratings file fails before anything is written, naming file and line; an output path that
+/// cannot be written (a directory) fails after the models are trained and leaves nothing
+/// beside it.
+#[test]
+fn a_failed_prepare_leaves_nothing_behind() {
+    let root = scratch().join("failed-prepare");
+    let _ = std::fs::remove_dir_all(&root);
+    let input = root.join("in");
+    let out_dir = root.join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut ratings = String::new();
+    for u in 1..=30 {
+        for k in 0..12 {
+            let item = (u * 7 + k * 3) % 40 + 1;
+            ratings.push_str(&format!(
+                "{u}\t{item}\t{}\t{}\n",
+                (u + k) % 5 + 1,
+                978_300_000 + k * 86_400 + u
+            ));
+        }
+    }
+    let prepare = |out: &Path| {
+        recthinker(&[
+            "data",
+            "prepare",
+            "--dataset",
+            "ml-100k",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--sasrec-epochs",
+            "1",
+            "--bpr-epochs",
+            "1",
+        ])
+    };
+    let listing = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // A non-numeric rating on line 7.
+    let bad: String = ratings
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 6 {
+                let f: Vec<&str> = l.split('\t').collect();
+                format!("{}\t{}\tfive\t{}\n", f[0], f[1], f[3])
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(input.join("u.data"), bad).unwrap();
+    let out = out_dir.join("store.h5");
+    let o = prepare(&out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("u.data:7") && err.contains("rating"), "{err}");
+    assert!(listing(&out_dir).is_empty(), "{:?}", listing(&out_dir));
+    // Good input, but the output path is a directory: the rename at the end fails.
+    std::fs::write(input.join("u.data"), &ratings).unwrap();
+    let blocked = out_dir.join("blocked.h5");
+    std::fs::create_dir_all(blocked.join("inside")).unwrap();
+    let o = prepare(&blocked);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "writing over a directory succeeded");
+    assert!(err.contains("blocked.h5"), "{err}");
+    assert_eq!(listing(&out_dir), vec!["blocked.h5"]);
+    assert_eq!(listing(&blocked), vec!["inside"]);
+    // The same input into a file path works.
+    let o = prepare(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(listing(&out_dir), vec!["blocked.h5", "store.h5"]);
+    let _ = std::fs::remove_dir_all(&root);
+}
