@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: the repo's venv Python, reference models.
 
 pub mod synthetic;
+pub mod tensorboard;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

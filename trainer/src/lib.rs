@@ -19,5 +19,6 @@ pub mod sequence;
 pub mod sft;
 pub mod synth;
 pub mod teachers;
+pub mod tensorboard;
 pub mod train_common;
 pub mod trajectory;

@@ -1,182 +1,202 @@
-//! PNG line plots of a run's metrics, drawn by the program itself: one image per metric
-//! (value against step) under `run_dir/plots/`. Labels use the DejaVu font when the system
-//! has it (scripts/setup.sh installs it); without it the plots are drawn unlabelled.
+//! PNG curves of a run's metrics, drawn with plotters into `run_dir/plots/`: one image per
+//! metric (value against step) and `overview.png` with the run's main curves side by side.
+//! Noisy metrics get TensorBoard's smoothing (a debiased exponential moving average, weight
+//! 0.6) drawn over their raw points; ticks are plotters' round values. Text uses DejaVu Sans
+//! (scripts/setup.sh installs fonts-dejavu-core), read once at run time.
 
-use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::OnceLock;
 
-const W: usize = 640;
-const H: usize = 400;
-// Margins: left, right, top, bottom.
-const L: usize = 70;
-const R: usize = 20;
-const T: usize = 36;
-const B: usize = 40;
-const FONT_PATHS: [&str; 2] = [
+/// TensorBoard's default smoothing weight.
+pub const SMOOTHING: f64 = 0.6;
+const PANEL: (u32, u32) = (640, 400);
+const FONT_PATHS: [&str; 3] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
 ];
+/// The main curves of each kind of run, in overview order.
+const SFT_OVERVIEW: [&str; 3] = ["loss", "lr", "val_ndcg@10"];
+const GRPO_OVERVIEW: [&str; 6] = [
+    "reward_mean",
+    "ndcg@10",
+    "valid_rate",
+    "tool_calls",
+    "val_ndcg@10",
+    "loss",
+];
+const BLUE: RGBColor = RGBColor(31, 119, 180);
 
-struct Canvas {
-    px: Vec<[u8; 3]>,
+type Series = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// Registers DejaVu Sans as plotters' "sans-serif" (once per process).
+fn font() -> Result<()> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let (path, bytes) = FONT_PATHS
+            .iter()
+            .find_map(|p| std::fs::read(p).ok().map(|b| (p, b)))
+            .ok_or_else(|| {
+                format!("no DejaVuSans.ttf in {FONT_PATHS:?} (install fonts-dejavu-core)")
+            })?;
+        // plotters keeps fonts for the whole process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{path}: not a usable font"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
 }
 
-impl Canvas {
-    fn new() -> Self {
-        Self {
-            px: vec![[255, 255, 255]; W * H],
-        }
-    }
-
-    fn blend(&mut self, x: i64, y: i64, c: [u8; 3], a: f32) {
-        if x < 0 || y < 0 || x >= W as i64 || y >= H as i64 {
-            return;
-        }
-        let p = &mut self.px[y as usize * W + x as usize];
-        for k in 0..3 {
-            p[k] = (p[k] as f32 * (1.0 - a) + c[k] as f32 * a).round() as u8;
-        }
-    }
-
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), c: [u8; 3]) {
-        let n = ((x1 - x0).abs().max((y1 - y0).abs()) * 2.0).ceil().max(1.0) as usize;
-        for i in 0..=n {
-            let t = i as f64 / n as f64;
-            let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
-            for (dx, dy) in [(0, 0), (1, 0), (0, 1)] {
-                self.blend(x.round() as i64 + dx, y.round() as i64 + dy, c, 1.0);
-            }
-        }
-    }
-
-    fn text(
-        &mut self,
-        font: Option<&FontRef>,
-        s: &str,
-        x: f32,
-        y: f32,
-        size: f32,
-        right_align: bool,
-    ) {
-        let Some(font) = font else { return };
-        let scaled = font.as_scaled(PxScale::from(size));
-        let width: f32 = s.chars().map(|c| scaled.h_advance(font.glyph_id(c))).sum();
-        let mut pen = if right_align { x - width } else { x };
-        for ch in s.chars() {
-            let id = font.glyph_id(ch);
-            let glyph = id.with_scale_and_position(PxScale::from(size), ab_glyph::point(pen, y));
-            if let Some(outline) = font.outline_glyph(glyph) {
-                let bb = outline.px_bounds();
-                outline.draw(|gx, gy, cov| {
-                    self.blend(
-                        bb.min.x as i64 + gx as i64,
-                        bb.min.y as i64 + gy as i64,
-                        [30, 30, 30],
-                        cov,
-                    )
-                });
-            }
-            pen += scaled.h_advance(id);
-        }
-    }
-
-    fn save(&self, path: &Path) -> Result<()> {
-        let mut bytes = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut bytes, W as u32, H as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc.write_header()?;
-            w.write_image_data(&self.px.concat())?;
-        }
-        lm::fsutil::write_atomic(path, &bytes)
-    }
-}
-
-fn tick(v: f64) -> String {
-    if v != 0.0 && (v.abs() < 1e-2 || v.abs() >= 1e4) {
-        format!("{v:.2e}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-/// Plots `points` (step, value) to `path` with `title`.
-pub fn line_plot(
-    path: &Path,
-    title: &str,
-    points: &[(f64, f64)],
-    font: Option<&FontRef>,
-) -> Result<()> {
-    let mut c = Canvas::new();
-    let (mut x0, mut x1) = points
+/// TensorBoard's smoothing: an exponential moving average debiased for its zero start.
+pub fn smooth(values: &[f64], weight: f64) -> Vec<f64> {
+    let (mut last, mut n) = (0.0, 0);
+    values
         .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        .map(|&v| {
+            last = last * weight + (1.0 - weight) * v;
+            n += 1;
+            last / (1.0 - weight.powi(n))
+        })
+        .collect()
+}
+
+/// Whether a metric is noisy enough to smooth (not the schedule, not validation).
+fn smoothed(name: &str, points: usize) -> bool {
+    points >= 3 && name != "lr" && !name.starts_with("val_")
+}
+
+/// A tick label: the value rounded to 10 significant digits (so 0.30000000000000004 reads
+/// 0.3), in plain notation, or in exponent notation when very small or large.
+pub fn tick(v: f64) -> String {
+    let r: f64 = format!("{v:.9e}").parse().unwrap_or(v);
+    if r != 0.0 && (r.abs() < 1e-3 || r.abs() >= 1e6) {
+        format!("{r:e}")
+    } else {
+        format!("{r}")
+    }
+}
+
+fn drawing<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+    anyhow!("drawing: {e}")
+}
+
+/// One metric's chart on `area`: raw points, and the smoothed curve over them when noisy.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    name: &str,
+    points: &[(f64, f64)],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let (x0, x1) = points.iter().fold((i64::MAX, i64::MIN), |(a, b), p| {
+        (a.min(p.0 as i64), b.max(p.0 as i64))
+    });
+    let (x0, x1) = if x1 > x0 { (x0, x1) } else { (x0 - 1, x0 + 1) };
     let (mut y0, mut y1) = points
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    if x1 <= x0 {
-        (x0, x1) = (x0 - 1.0, x0 + 1.0);
-    }
     if y1 - y0 < 1e-12 {
-        (y0, y1) = (y0 - 0.5, y1 + 0.5);
+        let half = if y0 == 0.0 { 0.5 } else { y0.abs() * 0.1 };
+        (y0, y1) = (y0 - half, y1 + half);
     }
     let pad = (y1 - y0) * 0.05;
-    (y0, y1) = (y0 - pad, y1 + pad);
-    let sx = |x: f64| L as f64 + (x - x0) / (x1 - x0) * (W - L - R) as f64;
-    let sy = |y: f64| (H - B) as f64 - (y - y0) / (y1 - y0) * (H - T - B) as f64;
-    let axis = [120, 120, 120];
-    c.line((L as f64, T as f64), (L as f64, (H - B) as f64), axis);
-    c.line(
-        (L as f64, (H - B) as f64),
-        ((W - R) as f64, (H - B) as f64),
-        axis,
-    );
-    for k in 0..=4 {
-        let v = y0 + (y1 - y0) * k as f64 / 4.0;
-        let y = sy(v);
-        for x in (L..W - R).step_by(6) {
-            c.blend(x as i64, y as i64, [225, 225, 225], 1.0);
-        }
-        c.text(font, &tick(v), L as f32 - 6.0, y as f32 + 4.0, 12.0, true);
-        let xv = x0 + (x1 - x0) * k as f64 / 4.0;
-        let label = if x1 - x0 >= 8.0 {
-            format!("{}", xv.round())
-        } else {
-            format!("{xv:.1}")
-        };
-        c.text(
-            font,
-            &label,
-            sx(xv) as f32 - 8.0,
-            (H - B) as f32 + 16.0,
-            12.0,
-            false,
-        );
+    let smooth_it = smoothed(name, points.len());
+    let caption = if smooth_it {
+        format!("{name} (smoothed {SMOOTHING})")
+    } else {
+        name.to_string()
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .x_labels(8)
+        .y_labels(6)
+        .x_desc("step")
+        .y_label_formatter(&|v| tick(*v))
+        .light_line_style(RGBColor(235, 235, 235))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(drawing)?;
+    let xy: Vec<(i64, f64)> = points.iter().map(|p| (p.0 as i64, p.1)).collect();
+    let raw = if smooth_it {
+        BLUE.mix(0.4)
+    } else {
+        BLUE.mix(1.0)
+    };
+    chart
+        .draw_series(LineSeries::new(xy.iter().copied(), raw.stroke_width(1)))
+        .map_err(drawing)?;
+    if xy.len() <= 60 {
+        chart
+            .draw_series(xy.iter().map(|&p| Circle::new(p, 2, raw.filled())))
+            .map_err(drawing)?;
     }
-    let color = [31, 119, 180];
-    for w in points.windows(2) {
-        c.line((sx(w[0].0), sy(w[0].1)), (sx(w[1].0), sy(w[1].1)), color);
+    if smooth_it {
+        let values: Vec<f64> = xy.iter().map(|p| p.1).collect();
+        let s = smooth(&values, SMOOTHING);
+        chart
+            .draw_series(LineSeries::new(
+                xy.iter().zip(s).map(|(p, v)| (p.0, v)),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(drawing)?;
     }
-    for p in points {
-        for d in -2i64..=2 {
-            c.blend(sx(p.0) as i64 + d, sy(p.1) as i64, color, 1.0);
-            c.blend(sx(p.0) as i64, sy(p.1) as i64 + d, color, 1.0);
-        }
-    }
-    c.text(font, title, L as f32, 22.0, 16.0, false);
-    c.text(font, "step", (W - R) as f32, (H - 8) as f32, 12.0, true);
-    c.save(path)
+    Ok(())
 }
 
-/// One PNG per numeric metric of `run_dir/metrics.jsonl`, into `run_dir/plots/`.
-pub fn plot_metrics(run_dir: &Path) -> Result<usize> {
+/// Draws `panels` (name, points) in a grid of `cols` columns under `title` and writes the
+/// PNG to `path` atomically.
+fn draw_png(
+    path: &Path,
+    title: Option<&str>,
+    panels: &[(&str, &[(f64, f64)])],
+    cols: usize,
+) -> Result<()> {
+    let cols = cols.clamp(1, panels.len().max(1));
+    let rows = panels.len().div_ceil(cols).max(1);
+    let top = if title.is_some() { 40 } else { 0 };
+    let (w, h) = (PANEL.0 * cols as u32, PANEL.1 * rows as u32 + top);
+    let mut rgb = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing)?;
+        let body = match title {
+            Some(t) => root.titled(t, ("sans-serif", 24)).map_err(drawing)?,
+            None => root.clone(),
+        };
+        for (area, (name, points)) in body.split_evenly((rows, cols)).iter().zip(panels) {
+            panel(area, name, points)?;
+        }
+        root.present().map_err(drawing)?;
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()?.write_image_data(&rgb)?;
+    }
+    lm::fsutil::write_atomic(path, &bytes)
+}
+
+/// The numeric series of `run_dir/metrics.jsonl`, by metric name, as (step, value).
+pub fn read_series(run_dir: &Path) -> Result<Series> {
     let path = run_dir.join("metrics.jsonl");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut series = Series::new();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -190,20 +210,114 @@ pub fn plot_metrics(run_dir: &Path) -> Result<usize> {
             }
         }
     }
-    let font_bytes = FONT_PATHS.iter().find_map(|p| std::fs::read(p).ok());
-    let font = font_bytes
-        .as_deref()
-        .and_then(|b| FontRef::try_from_slice(b).ok());
+    Ok(series)
+}
+
+/// One PNG per numeric metric of `run_dir/metrics.jsonl` and `overview.png` (SFT: loss, lr,
+/// val_ndcg@10; GRPO: reward_mean, ndcg@10, valid_rate, tool_calls, val_ndcg@10, loss; those
+/// present) into `run_dir/plots/`. Returns the number of images written.
+pub fn plot_metrics(run_dir: &Path) -> Result<usize> {
+    let series = read_series(run_dir)?;
+    font()?;
     let dir = run_dir.join("plots");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, points) in &series {
-        let file = name.replace(['@', '/'], "_");
-        line_plot(
-            &dir.join(format!("{file}.png")),
-            name,
-            points,
-            font.as_ref(),
-        )?;
+        let file = dir.join(format!("{}.png", name.replace(['@', '/'], "_")));
+        draw_png(&file, None, &[(name, points)], 1)
+            .with_context(|| format!("plotting {}", file.display()))?;
     }
-    Ok(series.len())
+    let kind: &[&str] = if series.contains_key("reward_mean") {
+        &GRPO_OVERVIEW
+    } else {
+        &SFT_OVERVIEW
+    };
+    let main: Vec<(&str, &[(f64, f64)])> = kind
+        .iter()
+        .filter_map(|k| series.get(*k).map(|p| (*k, &p[..])))
+        .collect();
+    if main.is_empty() {
+        return Ok(series.len());
+    }
+    let run_name = run_dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| run_dir.display().to_string());
+    let file = dir.join("overview.png");
+    draw_png(&file, Some(&run_name), &main, 3)
+        .with_context(|| format!("plotting {}", file.display()))?;
+    Ok(series.len() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoothing_is_tensorboards_debiased_ema() {
+        // TensorBoard: last = last * w + (1 - w) * v; smoothed = last / (1 - w^n).
+        let s = smooth(&[1.0, 2.0, 3.0], 0.6);
+        assert!((s[0] - 1.0).abs() < 1e-12);
+        assert!((s[1] - (0.24 * 1.0 + 0.4 * 2.0) / 0.64).abs() < 1e-12);
+        assert!((s[2] - (0.6 * (0.24 + 0.8) + 1.2) / (1.0 - 0.216)).abs() < 1e-12);
+        assert_eq!(smooth(&[5.0; 4], 0.6), vec![5.0; 4]);
+    }
+
+    /// PNG width and height from the IHDR chunk.
+    fn png_size(path: &Path) -> (u32, u32) {
+        let b = std::fs::read(path).unwrap();
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+        let be = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap());
+        (be(16), be(20))
+    }
+
+    #[test]
+    fn draws_one_image_per_metric_and_an_overview() {
+        let dir = std::env::var_os("RECTHINKER_PLOT_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("plot-unit-{}", std::process::id()))
+            });
+        for (kind, cols, rows) in [("sft", 3, 1), ("grpo", 3, 2)] {
+            let run = dir.join(kind);
+            std::fs::create_dir_all(&run).unwrap();
+            let mut lines = String::new();
+            for step in 1..=40u32 {
+                let noise = ((step * 7919) % 13) as f64 / 13.0 - 0.5;
+                let mut v = serde_json::json!({"step": step, "loss": 2.0 / (step as f64).sqrt() + 0.3 * noise,
+                    "lr": 1.5e-4 * (1.0 - step as f64 / 40.0), "grad_norm": 1.0 + noise});
+                if kind == "grpo" {
+                    v["reward_mean"] = serde_json::json!(0.02 * step as f64 + noise);
+                    v["ndcg@10"] = serde_json::json!(0.3 + 0.1 * noise);
+                    v["valid_rate"] = serde_json::json!(1.0);
+                    v["tool_calls"] = serde_json::json!(2.0 + noise);
+                }
+                if step % 10 == 0 {
+                    v["val_ndcg@10"] = serde_json::json!(0.5 + 0.005 * step as f64);
+                }
+                lines.push_str(&format!("{v}\n"));
+            }
+            std::fs::write(run.join("metrics.jsonl"), lines).unwrap();
+            let metrics = if kind == "grpo" { 8 } else { 4 };
+            assert_eq!(plot_metrics(&run).unwrap(), metrics + 1);
+            assert_eq!(png_size(&run.join("plots/val_ndcg_10.png")), PANEL);
+            assert_eq!(
+                png_size(&run.join("plots/overview.png")),
+                (PANEL.0 * cols, PANEL.1 * rows + 40)
+            );
+        }
+        if std::env::var_os("RECTHINKER_PLOT_DIR").is_none() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn ticks_are_round() {
+        assert_eq!(tick(0.1 + 0.2), "0.3");
+        assert_eq!(tick(2.5), "2.5");
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(1.5e-4), "1.5e-4");
+        assert_eq!(tick(-0.05), "-0.05");
+        assert_eq!(tick(2e6), "2e6");
+    }
 }

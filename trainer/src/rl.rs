@@ -7,7 +7,6 @@ use crate::algos::AdvantageEstimator;
 use crate::evaluate::validate;
 use crate::losses::GrpoLossConfig;
 use crate::optim::{lr_at, OptimConfig};
-use crate::plot::plot_metrics;
 use crate::rl_batch::{accumulate_gradients, micro_batches, Fixed, MicroBatch};
 use crate::train_common::{batch_indices, RunSpec, Trainee};
 use crate::trajectory::score;
@@ -87,6 +86,10 @@ pub struct RlConfig {
     pub reward: RewardConfig,
     #[serde(default)]
     pub optim: OptimConfig,
+    /// Where metrics go: `jsonl` (metrics.jsonl, which the PNG plots are drawn from) and
+    /// `tensorboard` (event files under `run_dir/tb/`).
+    #[serde(default = "crate::run_dir::all_reporters")]
+    pub report_to: Vec<crate::run_dir::Reporter>,
 }
 
 fn yes() -> bool {
@@ -127,9 +130,20 @@ impl RlConfig {
             steps: self.steps,
             save_every: self.save_every,
             keep_checkpoints: self.keep_checkpoints,
+            report_to: &self.report_to,
         }
     }
 }
+
+/// The metrics a progress line shows.
+const GRPO_SHOWN: [&str; 6] = [
+    "reward_mean",
+    "ndcg@10",
+    "valid_rate",
+    "tool_calls",
+    "loss",
+    "val_ndcg@10",
+];
 
 /// The training episodes of step `step` (seeded epochs over the train split).
 fn step_episodes(all: &[Episode], seed: u64, step: usize, b: usize) -> Vec<&Episode> {
@@ -159,7 +173,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         bail!("{}: no training episodes", cfg.data.display());
     }
     let total_opt_steps = cfg.steps * cfg.inner_epochs;
-    let bar = crate::run_dir::progress_bar("grpo", "steps", cfg.steps, tr.start)?;
+    let bar = lm::progress::Progress::new("grpo", "steps", cfg.steps, tr.start).every(1);
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in tr.start..end {
         // 1. Rollouts with the current policy.
@@ -264,14 +278,11 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             line["val_seconds"] = serde_json::json!(t_val.elapsed().as_secs_f64());
         }
         tr.run.log(&line)?;
-        bar.set_message(format!(
-            "reward {reward_mean:.3} valid {:.2}",
-            line["valid_rate"].as_f64().unwrap_or(0.0)
-        ));
+        bar.set_message(crate::run_dir::summary(&line, &GRPO_SHOWN));
         bar.inc(1);
         if tr.checkpoint_due(step + 1) {
             tr.save_checkpoint(step + 1)?;
-            plot_metrics(&tr.run.root)?;
+            tr.run.redraw_plots();
         }
         if let Some(v) = line["val_ndcg@10"].as_f64() {
             tr.record_validation(step + 1, v)?;

@@ -5,7 +5,6 @@
 use crate::logprobs::token_logprobs;
 use crate::losses::sft_loss;
 use crate::optim::{lr_at, OptimConfig};
-use crate::plot::plot_metrics;
 use crate::sequence::{tokenize_conversation, TokenSequence};
 use crate::train_common::{batch_indices, pad_rows, RunSpec, Trainee};
 use anyhow::{bail, Context, Result};
@@ -60,6 +59,10 @@ pub struct SftConfig {
     pub lora: Option<LoraConfig>,
     #[serde(default)]
     pub optim: OptimConfig,
+    /// Where metrics go: `jsonl` (metrics.jsonl, which the PNG plots are drawn from) and
+    /// `tensorboard` (event files under `run_dir/tb/`).
+    #[serde(default = "crate::run_dir::all_reporters")]
+    pub report_to: Vec<crate::run_dir::Reporter>,
 }
 
 impl SftConfig {
@@ -75,6 +78,7 @@ impl SftConfig {
             steps: self.steps,
             save_every: self.save_every,
             keep_checkpoints: self.keep_checkpoints,
+            report_to: &self.report_to,
         }
     }
 }
@@ -128,7 +132,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         trainable_count,
         if cfg.lora.is_some() { " (LoRA)" } else { "" }
     );
-    let bar = crate::run_dir::progress_bar("sft", "steps", cfg.steps, tr.start)?;
+    let bar = lm::progress::Progress::new("sft", "steps", cfg.steps, tr.start).every(1);
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in tr.start..end {
         let t0 = Instant::now();
@@ -162,11 +166,14 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
             }
         }
         tr.run.log(&line)?;
-        bar.set_message(format!("loss {loss_sum:.4}"));
+        bar.set_message(crate::run_dir::summary(
+            &line,
+            &["loss", "lr", "val_ndcg@10"],
+        ));
         bar.inc(1);
         if tr.checkpoint_due(step + 1) {
             tr.save_checkpoint(step + 1)?;
-            plot_metrics(&tr.run.root)?;
+            tr.run.redraw_plots();
         }
         if let Some(v) = line["val_ndcg@10"].as_f64() {
             tr.record_validation(step + 1, v)?;
@@ -174,4 +181,30 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
     }
     bar.finish();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run_dir::Reporter;
+
+    fn parse(extra: &str) -> std::result::Result<SftConfig, String> {
+        let text =
+            format!("run_dir = \"r\"\nmodel = \"m\"\ntrain_file = \"t\"\nsteps = 1\n{extra}");
+        toml::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn report_to_defaults_to_both_and_names_unknown_values() {
+        assert_eq!(
+            parse("").unwrap().report_to,
+            [Reporter::Jsonl, Reporter::Tensorboard]
+        );
+        let cfg = parse("report_to = [\"tensorboard\"]\n").unwrap();
+        assert_eq!(cfg.report_to, [Reporter::Tensorboard]);
+        let err = parse("report_to = [\"jsonl\", \"wandb\"]\n").unwrap_err();
+        for want in ["report_to", "wandb", "jsonl", "tensorboard"] {
+            assert!(err.contains(want), "{want} not in {err}");
+        }
+    }
 }

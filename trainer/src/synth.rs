@@ -119,7 +119,7 @@ pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
     if let Some(k) = cfg.limit_episodes {
         episodes.truncate(k);
     }
-    let bar = crate::run_dir::progress_bar("synth", "episodes", episodes.len(), 0)?;
+    let bar = lm::progress::Progress::new("synth", "episodes", episodes.len(), 0);
     let played = teacher.conversations(&world, &reg, &episodes, &bar)?;
     bar.finish();
     if let Some(dir) = cfg.out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -3,7 +3,7 @@
 
 use crate::checkpoint;
 use crate::optim::AdamW;
-use crate::run_dir::RunDir;
+use crate::run_dir::{Reporter, RunDir};
 use anyhow::{Context, Result};
 use lm::device::{parse_device, parse_dtype};
 use lm::lora::LoraConfig;
@@ -28,6 +28,7 @@ pub struct RunSpec<'a> {
     pub steps: usize,
     pub save_every: usize,
     pub keep_checkpoints: usize,
+    pub report_to: &'a [Reporter],
 }
 
 /// A started run: the policy being trained, its optimizer, the run directory, and the step
@@ -52,7 +53,7 @@ impl Trainee {
     /// (their init draws from libtorch's RNG, which the caller seeds), writes the resolved
     /// config into the run directory, and builds the optimizer over the trainable
     /// parameters. With `resume`, the run's latest checkpoint is loaded into the policy and
-    /// the optimizer and metric lines past it are dropped; otherwise metrics start anew.
+    /// the optimizer and metrics past it are dropped; otherwise metrics start anew.
     pub fn start(spec: &RunSpec, resolved_config: &impl Serialize, resume: bool) -> Result<Self> {
         let device = parse_device(spec.device)?;
         let kind = parse_dtype(spec.dtype)?;
@@ -60,9 +61,14 @@ impl Trainee {
         if let Some(l) = spec.lora {
             policy.model.add_lora(l)?;
         }
-        let run = RunDir::create(spec.run_dir, &serde_json::to_value(resolved_config)?)?;
+        let mut run = RunDir::create(
+            spec.run_dir,
+            &serde_json::to_value(resolved_config)?,
+            spec.report_to,
+        )?;
         let mut opt = AdamW::new(trainable(&policy.model));
         let start = resume_or_start(&run, &policy.model, &mut opt, resume)?;
+        run.start_logging(start)?;
         Ok(Self {
             device,
             kind,
@@ -116,11 +122,10 @@ impl Trainee {
     }
 }
 
-/// With `resume`, loads the run's latest checkpoint into `model` and `opt`, drops metric lines
-/// past it, and returns its step; otherwise starts the run's metrics anew at step 0.
+/// With `resume`, loads the run's latest checkpoint into `model` and `opt` and returns its
+/// step; otherwise (or without a checkpoint) 0.
 fn resume_or_start(run: &RunDir, model: &Model, opt: &mut AdamW, resume: bool) -> Result<usize> {
     if !resume {
-        let _ = std::fs::remove_file(run.metrics_path());
         return Ok(0);
     }
     let Some(ck) = checkpoint::latest(&run.checkpoints())? else {
@@ -135,7 +140,6 @@ fn resume_or_start(run: &RunDir, model: &Model, opt: &mut AdamW, resume: bool) -
     let step = checkpoint::read_state(&ck)?["step"]
         .as_u64()
         .context("checkpoint state has no step")? as usize;
-    run.truncate_metrics(step)?;
     eprintln!("resumed from {} at step {step}", ck.display());
     Ok(step)
 }

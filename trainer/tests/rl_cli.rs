@@ -77,6 +77,9 @@ fn rl_runs_logs_checkpoints_and_resumes() {
     assert!(dir
         .join("run/checkpoints/step-000003/weights.safetensors")
         .exists());
+    // TensorBoard reads back exactly metrics.jsonl, across the two processes' event files.
+    support::tensorboard::assert_tensorboard_matches_metrics(&dir.join("run"));
+    assert!(dir.join("run/plots/overview.png").exists());
     // Checkpoint selection: the best validated step is marked and exports.
     let best: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("run/checkpoints/best.json")).unwrap(),

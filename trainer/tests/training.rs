@@ -4,6 +4,7 @@ use testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::tensorboard::assert_tensorboard_matches_metrics;
 use support::*;
 use tch::{Device, Kind, Tensor};
 
@@ -59,6 +60,20 @@ fn sft(cfg: &Path, extra: &[&str]) {
     );
 }
 
+/// Runs `sft` with stderr going to a file (as `recthinker sft ... 2> train.log` would) and
+/// returns what it wrote there.
+fn sft_logged(cfg: &Path, log: &Path) -> String {
+    let file = std::fs::File::create(log).unwrap();
+    let status = bin()
+        .args(["sft", "--config", cfg.to_str().unwrap()])
+        .stderr(file)
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{text}");
+    text
+}
+
 fn weights(ckpt: &Path) -> Vec<(String, Tensor)> {
     let mut v = Tensor::read_safetensors(ckpt.join("weights.safetensors")).unwrap();
     v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -82,10 +97,24 @@ fn resumed_run_reproduces_the_uninterrupted_run_exactly() {
     for lora in [true, false] {
         let dir = scratch(if lora { "resume-lora" } else { "resume-full" });
         let (a, b) = (config(&dir, "a", lora, 2), config(&dir, "b", lora, 2));
-        sft(&a, &[]);
+        // Without a terminal, progress is one plain line per step.
+        let log = sft_logged(&a, &dir.join("a.log"));
+        for step in 1..=6 {
+            let want = format!("sft {step}/6 steps loss ");
+            assert!(
+                log.lines().any(|l| l.starts_with(&want)),
+                "{want:?} not in\n{log}"
+            );
+        }
+        assert!(!log.contains('\r'), "no bar redraws in a log file:\n{log}");
         sft(&b, &["--stop-after", "3"]);
         sft(&b, &["--resume"]);
         let (ra, rb) = (dir.join("a"), dir.join("b"));
+        // TensorBoard reads back exactly metrics.jsonl; run b resumed from step 2 after
+        // writing step 3, in a second event file, and step 3 appears once.
+        assert_eq!(assert_tensorboard_matches_metrics(&ra), 6 * 5);
+        assert_eq!(assert_tensorboard_matches_metrics(&rb), 6 * 5);
+        assert_eq!(std::fs::read_dir(rb.join("tb")).unwrap().count(), 2);
         let m = metrics(&ra);
         assert_eq!(m.len(), 6);
         assert!(

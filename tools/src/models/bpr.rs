@@ -40,17 +40,11 @@ impl Bpr {
             .flat_map(|(u, s)| s.iter().map(move |e| (u as u32, e.item)))
             .collect();
         let bar = if opts.progress {
-            indicatif::ProgressBar::new(opts.bpr_epochs as u64)
+            lm::progress::Progress::new("BPR-MF", "epochs", opts.bpr_epochs, 0)
         } else {
-            indicatif::ProgressBar::hidden()
+            lm::progress::Progress::hidden()
         };
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "BPR-MF {bar:30} {pos}/{len} epochs [{elapsed}<{eta}]",
-        ) {
-            bar.set_style(style);
-        }
         for _ in 0..opts.bpr_epochs {
-            bar.inc(1);
             for _ in 0..pairs.len() {
                 let (u, i) = pairs[rng.random_range(0..pairs.len())];
                 let j = loop {
@@ -74,7 +68,9 @@ impl Bpr {
                     items[jo + d] += lr * (-g * pu - reg * qj);
                 }
             }
+            bar.inc(1);
         }
+        bar.finish();
         Self {
             dim: DIM,
             users,

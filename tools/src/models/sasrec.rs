@@ -5,7 +5,7 @@ use super::TrainOptions;
 use anyhow::{bail, Context, Result};
 use datasets::store::{Reader, Writer};
 use datasets::Event;
-use indicatif::{ProgressBar, ProgressStyle};
+use lm::progress::Progress;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
@@ -179,16 +179,10 @@ pub fn train(train: &[Vec<Event>], n_items: usize, opts: &TrainOptions) -> Resul
         .collect();
     let len = cfg.max_len as usize;
     let bar = if opts.progress {
-        ProgressBar::new(opts.sasrec_epochs as u64)
+        Progress::new("SASRec", "epochs", opts.sasrec_epochs, 0)
     } else {
-        ProgressBar::hidden()
+        Progress::hidden()
     };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "SASRec {bar:30} {pos}/{len} epochs, loss {msg} [{elapsed}<{eta}]",
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
     for _ in 0..opts.sasrec_epochs {
         let mut order = users.clone();
         rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
@@ -232,7 +226,7 @@ pub fn train(train: &[Vec<Event>], n_items: usize, opts: &TrainOptions) -> Resul
             total += loss.double_value(&[]);
         }
         bar.set_message(format!(
-            "{:.4}",
+            "loss {:.4}",
             total / users.len().div_ceil(cfg.batch).max(1) as f64
         ));
         bar.inc(1);

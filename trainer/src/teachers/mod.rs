@@ -9,8 +9,8 @@ pub mod scripted;
 
 use anyhow::Result;
 use datasets::Episode;
-use indicatif::ProgressBar;
 use lm::chat::Message;
+use lm::progress::Progress;
 use tools::{Registry, World};
 
 /// A teacher's conversation for one episode, in the protocol's turn format (assistant turns
@@ -35,6 +35,6 @@ pub trait Teacher {
         world: &World,
         reg: &Registry,
         episodes: &[&Episode],
-        bar: &ProgressBar,
+        bar: &Progress,
     ) -> Result<TeacherOutput>;
 }

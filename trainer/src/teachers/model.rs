@@ -4,8 +4,8 @@
 use super::{Candidate, Teacher, TeacherOutput};
 use anyhow::Result;
 use datasets::Episode;
-use indicatif::ProgressBar;
 use lm::device::{parse_device, parse_dtype};
+use lm::progress::Progress;
 use lm::Policy;
 use rollout::{run_batches, AgentConfig, AgentEnv};
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,7 @@ impl Teacher for ModelTeacher {
         world: &World,
         reg: &Registry,
         episodes: &[&Episode],
-        bar: &ProgressBar,
+        bar: &Progress,
     ) -> Result<TeacherOutput> {
         let m = &self.cfg;
         let policy = Policy::load(&m.dir, parse_device(&m.device)?, parse_dtype(&m.dtype)?)?;

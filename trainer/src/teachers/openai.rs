@@ -7,9 +7,9 @@
 use super::{Candidate, Teacher, TeacherOutput};
 use anyhow::{bail, Context, Result};
 use datasets::Episode;
-use indicatif::ProgressBar;
 use lm::chat::Message;
 use lm::engine::StopReason;
+use lm::progress::Progress;
 use rayon::prelude::*;
 use rollout::prompt::{system_prompt, user_prompt};
 use rollout::protocol::{self, classify, TurnAction};
@@ -347,7 +347,7 @@ impl Teacher for OpenAiTeacher {
         world: &World,
         reg: &Registry,
         episodes: &[&Episode],
-        bar: &ProgressBar,
+        bar: &Progress,
     ) -> Result<TeacherOutput> {
         let samples = self.cfg.samples;
         let pool = rayon::ThreadPoolBuilder::new()

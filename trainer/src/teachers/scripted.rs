@@ -8,8 +8,8 @@
 use super::{Candidate, Teacher, TeacherOutput};
 use anyhow::Result;
 use datasets::Episode;
-use indicatif::ProgressBar;
 use lm::chat::Message;
+use lm::progress::Progress;
 use rayon::prelude::*;
 use rollout::prompt::{system_prompt, user_prompt};
 use rollout::protocol;
@@ -27,7 +27,7 @@ impl Teacher for Scripted {
         world: &World,
         reg: &Registry,
         episodes: &[&Episode],
-        bar: &ProgressBar,
+        bar: &Progress,
     ) -> Result<TeacherOutput> {
         world.preset_for(0); // fit and choose once, before the parallel episodes need it
         let candidates = episodes
