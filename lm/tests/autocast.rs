@@ -78,7 +78,7 @@ fn lora_gradients_under_autocast_follow_f32() {
     tch::no_grad(|| {
         for (name, mut t) in p.model.vs.variables() {
             if name.contains("lora_B") {
-                let _ = t.copy_(&(Tensor::randn_like(&t) * 0.02));
+                t.copy_(&(Tensor::randn_like(&t) * 0.02));
             }
         }
     });
@@ -124,7 +124,7 @@ fn lora_gradients_under_autocast_follow_f32() {
     tch::no_grad(|| {
         for (name, mut t) in p.model.vs.variables() {
             if name.contains("lora_B") {
-                let _ = t.copy_(&(Tensor::randn_like(&t) * 0.5));
+                t.copy_(&(Tensor::randn_like(&t) * 0.5));
             }
         }
     });

@@ -95,3 +95,56 @@ impl Aggregation {
         }
     }
 }
+
+/// `[rollout_correction]`: truncated importance sampling (TIS) for rollouts sampled at
+/// another precision than the training forward computes (`rollout_autocast` vs `autocast`),
+/// as verl's rollout correction and TRL's `vllm_importance_sampling_correction` do: each
+/// scored token's policy-gradient term is weighted by min(pi_train_old / pi_rollout,
+/// `threshold`), detached, where pi_train_old is the training forward's probability before
+/// the update and pi_rollout the one the engine sampled with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutCorrection {
+    pub mode: CorrectionMode,
+    /// C, the truncation of the per-token weight (verl's default 2).
+    pub threshold: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrectionMode {
+    /// Token-level TIS when the rollout and training precisions differ; off otherwise.
+    #[default]
+    Auto,
+    /// Token-level TIS always (with equal precisions the weights are ~1).
+    TokenTis,
+    Off,
+}
+
+impl Default for RolloutCorrection {
+    fn default() -> Self {
+        Self {
+            mode: CorrectionMode::Auto,
+            threshold: 2.0,
+        }
+    }
+}
+
+impl RolloutCorrection {
+    /// Whether the weights apply, given whether the two precisions differ.
+    pub fn active(&self, precisions_differ: bool) -> bool {
+        match self.mode {
+            CorrectionMode::Auto => precisions_differ,
+            CorrectionMode::TokenTis => true,
+            CorrectionMode::Off => false,
+        }
+    }
+
+    /// Detached per-token weights min(exp(old - rollout), threshold), [rows, T].
+    pub fn weights(&self, old_lp: &Tensor, rollout_lp: &Tensor) -> Tensor {
+        (old_lp.detach() - rollout_lp)
+            .exp()
+            .clamp_max(self.threshold)
+            .detach()
+    }
+}

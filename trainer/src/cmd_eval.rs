@@ -56,6 +56,9 @@ pub struct Args {
     /// Rank from the prompt alone (the LLMRank-style baseline).
     #[arg(long)]
     no_tools: bool,
+    /// Tool suite: `standard` (the five paper tools and rank_candidates) or `paper` (the five).
+    #[arg(long, default_value = "standard")]
+    tool_suite: String,
     /// Constrain each answer's tokens to a permutation of the candidate indices (structured
     /// output); the report says so. Off by default: report these numbers in rows of their own.
     #[arg(long)]
@@ -104,7 +107,11 @@ pub fn run(a: Args) -> Result<()> {
         constrained_answers: a.constrained_answers,
         ..Default::default()
     };
-    let registry = tools::suite::standard(cfg.tool_max_chars);
+    let registry = match a.tool_suite.as_str() {
+        "standard" => tools::suite::standard(cfg.tool_max_chars),
+        "paper" => tools::suite::paper(cfg.tool_max_chars),
+        other => anyhow::bail!("--tool-suite `{other}`: expected standard or paper"),
+    };
     let env = AgentEnv::for_policy(&policy, &world, &registry, &cfg);
     let opts = EvalOptions {
         samples: a.samples,
@@ -147,6 +154,7 @@ pub fn run(a: Args) -> Result<()> {
     report["samples"] = json!(a.samples);
     report["tools"] = json!(!a.no_tools);
     report["constrained_answers"] = json!(a.constrained_answers);
+    report["tool_suite"] = json!(a.tool_suite);
     report["config"] = serde_json::to_value(&cfg)?;
     lm::fsutil::write_atomic(&a.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     let s = stats.ndcg();

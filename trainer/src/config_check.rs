@@ -221,8 +221,20 @@ impl Validate for SftConfig {
             &self.eval_agent,
         )?;
         lora(&self.lora)?;
+        autocast("autocast", &self.autocast)?;
         optim(&self.optim)
     }
+}
+
+/// `autocast` / `rollout_autocast`: off, bf16 or f16 (`lm::autocast::parse`).
+fn autocast(key: &str, value: &str) -> Result<(), String> {
+    one_of(
+        key,
+        value,
+        &[
+            "off", "none", "f32", "float32", "bf16", "bfloat16", "f16", "float16",
+        ],
+    )
 }
 
 fn loss(l: &GrpoLossConfig) -> Result<(), String> {
@@ -264,6 +276,15 @@ impl Validate for RlConfig {
         lora(&self.lora)?;
         loss(&self.loss)?;
         reward_cfg(&self.reward)?;
+        autocast("autocast", &self.autocast)?;
+        autocast("rollout_autocast", &self.rollout_autocast)?;
+        number(
+            "rollout_correction.threshold",
+            self.rollout_correction.threshold,
+            1.0,
+            f64::INFINITY,
+            false,
+        )?;
         optim(&self.optim)
     }
 }

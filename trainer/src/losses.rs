@@ -49,12 +49,18 @@ pub fn grpo_loss(
     adv: &Tensor,
     mask: &Tensor,
     cfg: &GrpoLossConfig,
+    is_weights: Option<&Tensor>,
 ) -> GrpoTerms {
     let a = adv.unsqueeze(-1);
     let ratio = (new_lp - old_lp).exp();
     let unclipped = &ratio * &a;
     let clipped = ratio.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high) * &a;
     let surrogate = unclipped.minimum(&clipped);
+    // Truncated importance sampling of the rollout precision (`algos::RolloutCorrection`).
+    let surrogate = match is_weights {
+        Some(w) => surrogate * w,
+        None => surrogate,
+    };
     let m = mask.to_kind(Kind::Float);
     let n = m.sum(Kind::Float).clamp_min(1.0);
     let (per_token, kl) = match (ref_lp, cfg.beta > 0.0) {

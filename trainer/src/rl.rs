@@ -10,7 +10,7 @@ use crate::optim::{lr_at, OptimConfig};
 use crate::rl_batch::{accumulate_gradients, micro_batches, Fixed, MicroBatch};
 use crate::train_common::{batch_indices, RunSpec, Trainee};
 use crate::trajectory::score;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use datasets::{Episode, Split};
 use lm::lora::LoraConfig;
 use lm::Policy;
@@ -90,6 +90,16 @@ pub struct RlConfig {
     /// `tensorboard` (event files under `run_dir/tb/`).
     #[serde(default = "crate::run_dir::all_reporters")]
     pub report_to: Vec<crate::run_dir::Reporter>,
+    /// Linear layers of the training forward in `bf16` (f32 master weights, LoRA and
+    /// optimizer state; `lm::autocast`), or `off`.
+    #[serde(default = "crate::config::defaults::off")]
+    pub autocast: String,
+    /// The same for the rollouts' generation (validation stays in the model's dtype).
+    #[serde(default = "crate::config::defaults::off")]
+    pub rollout_autocast: String,
+    /// Truncated importance sampling when the two differ (`algos::RolloutCorrection`).
+    #[serde(default)]
+    pub rollout_correction: crate::algos::RolloutCorrection,
 }
 
 fn yes() -> bool {
@@ -173,6 +183,17 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         bail!("{}: no training episodes", cfg.data.display());
     }
     let total_opt_steps = cfg.steps * cfg.inner_epochs;
+    let train_kind = lm::autocast::parse(&cfg.autocast).context("config key `autocast`")?;
+    let rollout_kind =
+        lm::autocast::parse(&cfg.rollout_autocast).context("config key `rollout_autocast`")?;
+    let correct = cfg.rollout_correction.active(train_kind != rollout_kind);
+    if correct && (cfg.agent.temperature - 1.0).abs() > 1e-9 {
+        bail!(
+            "`rollout_correction` compares the rollout's log-probs with the training forward's, \
+             which are at temperature 1: set `[agent] temperature = 1.0` or \
+             `[rollout_correction] mode = \"off\"`"
+        );
+    }
     let bar = lm::progress::Progress::new("grpo", "steps", cfg.steps, tr.start).every(1);
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in tr.start..end {
@@ -188,9 +209,11 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             let mut rows = Vec::new();
             // All B x G rows as one batch: GRPO's groups share their prompts in the engine.
             let all = eps.len() * cfg.group_size;
-            run_batches(&tr.policy, &env, &eps, cfg.group_size, all, seed, |_, r| {
-                rows = r;
-                Ok(())
+            lm::autocast::with(rollout_kind, || {
+                run_batches(&tr.policy, &env, &eps, cfg.group_size, all, seed, |_, r| {
+                    rows = r;
+                    Ok(())
+                })
             })?;
             rows
         };
@@ -225,7 +248,14 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             "rollout_seconds": rollout_seconds,
         });
         // 3. The batch: rows of groups with signal, as micro-batches.
-        let micro = micro_batches(&rows, &adv, cfg.share_prompt, cfg.micro_batch, tr.device);
+        let micro = micro_batches(
+            &rows,
+            &adv,
+            cfg.share_prompt,
+            cfg.micro_batch,
+            correct,
+            tr.device,
+        );
         let batch_rows: usize = micro.iter().map(MicroBatch::rows).sum();
         // Groups with signal (zero-variance ones have no advantage), and the rows trained on.
         line["groups_kept"] = serde_json::json!(adv
@@ -235,6 +265,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         line["rows_trained"] = serde_json::json!(batch_rows);
         let t_train = Instant::now();
         let (mut kl, mut clip, mut entropy, mut loss_sum, mut lr) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut is_weight, mut is_truncated) = (0.0, 0.0);
         if batch_rows > 0 {
             // Old (and reference) log-probs, fixed for the inner epochs. With one inner epoch
             // the old policy is the current one: its log-probs are the detached new ones, so
@@ -242,15 +273,29 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             let fixed: Vec<Fixed> = micro
                 .iter()
                 .map(|mb| Fixed {
-                    old: (cfg.inner_epochs > 1)
-                        .then(|| tch::no_grad(|| mb.logprobs(&tr.policy.model).dense)),
+                    old: (cfg.inner_epochs > 1).then(|| {
+                        lm::autocast::with(train_kind, || {
+                            tch::no_grad(|| mb.logprobs(&tr.policy.model).dense)
+                        })
+                    }),
                     reference: reference
                         .as_ref()
                         .map(|r| tch::no_grad(|| mb.logprobs(&r.model).dense)),
                 })
                 .collect();
             for inner in 0..cfg.inner_epochs {
-                let stats = accumulate_gradients(&tr.policy.model, &micro, &fixed, &cfg.loss);
+                let stats = lm::autocast::with(train_kind, || {
+                    accumulate_gradients(
+                        &tr.policy.model,
+                        &micro,
+                        &fixed,
+                        &cfg.loss,
+                        &cfg.rollout_correction,
+                    )
+                });
+                if inner == 0 {
+                    (is_weight, is_truncated) = (stats.is_weight, stats.is_truncated);
+                }
                 loss_sum += stats.loss;
                 kl += stats.kl;
                 clip += stats.clip_fraction;
@@ -268,6 +313,10 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         line["clip_fraction"] = serde_json::json!(clip);
         line["entropy"] = serde_json::json!(entropy);
         line["lr"] = serde_json::json!(lr);
+        if correct {
+            line["is_weight"] = serde_json::json!(is_weight);
+            line["is_truncated"] = serde_json::json!(is_truncated);
+        }
         line["train_seconds"] = serde_json::json!(t_train.elapsed().as_secs_f64());
         if cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps) {
             let t_val = Instant::now();

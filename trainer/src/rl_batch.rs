@@ -4,6 +4,7 @@
 //! gradients as full rows at a fraction of the cost when prompts are long, as an agent's
 //! system prompt, profile and candidates are.
 
+use crate::algos::RolloutCorrection;
 use crate::logprobs::{group_token_logprobs, token_logprobs, TokenLogprobs};
 use crate::losses::{grpo_loss, GrpoLossConfig};
 use crate::train_common::pad_rows;
@@ -26,6 +27,21 @@ pub struct MicroBatch {
     pub input: TrainInput,
     /// Advantage of each row.
     pub advantages: Vec<f64>,
+    /// The engine's log-probs of the sampled tokens, aligned with `score_mask` (only when a
+    /// rollout correction needs them).
+    pub rollout_lp: Option<Tensor>,
+}
+
+/// Rows of floats padded with 0 into [rows, T] (T the longest row).
+fn pad_floats(rows: &[&[f32]], device: Device) -> Tensor {
+    let t = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut out = vec![0f32; rows.len() * t];
+    for (b, r) in rows.iter().enumerate() {
+        out[b * t..b * t + r.len()].copy_from_slice(r);
+    }
+    Tensor::from_slice(&out)
+        .view([rows.len() as i64, t as i64])
+        .to_device(device)
 }
 
 impl MicroBatch {
@@ -64,6 +80,7 @@ pub fn micro_batches(
     advantages: &[Option<f64>],
     share_prompt: bool,
     micro_batch: usize,
+    with_rollout_lp: bool,
     device: Device,
 ) -> Vec<MicroBatch> {
     let train: Vec<(&AgentRow, f64)> = rows
@@ -79,9 +96,15 @@ pub fn micro_batches(
             .map(|(r, _)| (&r.ids[..], &r.mask[..]))
             .collect();
         let (ids, mask) = pad_rows(&rows, device);
+        // Position t of the log-probs predicts ids[t + 1].
+        let rollout_lp = with_rollout_lp.then(|| {
+            let lps: Vec<&[f32]> = chunk.iter().map(|(r, _)| &r.logprobs[1..]).collect();
+            pad_floats(&lps, device)
+        });
         MicroBatch {
             input: TrainInput::Rows { ids, mask },
             advantages: advantages(chunk),
+            rollout_lp,
         }
     };
     if !share_prompt {
@@ -104,7 +127,12 @@ pub fn micro_batches(
                 .map(|(r, _)| (&r.ids[p..], &r.mask[p..]))
                 .collect();
             let (rest, rest_mask) = pad_rows(&rest, device);
+            let rollout_lp = with_rollout_lp.then(|| {
+                let lps: Vec<&[f32]> = group.iter().map(|(r, _)| &r.logprobs[p..]).collect();
+                pad_floats(&lps, device)
+            });
             MicroBatch {
+                rollout_lp,
                 input: TrainInput::Shared {
                     prompt: Tensor::from_slice(prompt).to_device(device),
                     rest,
@@ -132,6 +160,10 @@ pub struct PassStats {
     pub kl: f64,
     pub clip_fraction: f64,
     pub entropy: f64,
+    /// Mean truncated-IS weight over scored tokens, and the fraction truncated (rollout
+    /// correction on; 0 otherwise).
+    pub is_weight: f64,
+    pub is_truncated: f64,
 }
 
 /// One pass over the batch: backward of the GRPO loss aggregated over all micro-batches
@@ -142,6 +174,7 @@ pub fn accumulate_gradients(
     micro: &[MicroBatch],
     fixed: &[Fixed],
     loss_cfg: &GrpoLossConfig,
+    correction: &RolloutCorrection,
 ) -> PassStats {
     let masks: Vec<Tensor> = micro.iter().map(MicroBatch::score_mask).collect();
     let tokens = |m: &Tensor| m.sum(Kind::Int64).int64_value(&[]) as f64;
@@ -154,15 +187,29 @@ pub fn accumulate_gradients(
             .to_device(device);
         let lp = mb.logprobs(model);
         let detached = lp.dense.detach();
+        let old = fx.old.as_ref().unwrap_or(&detached);
+        let token_share = tokens(tmask) / total_tokens.max(1.0);
+        let is_weights = mb.rollout_lp.as_ref().map(|r| {
+            let w = correction.weights(old, r);
+            tch::no_grad(|| {
+                let m = tmask.to_kind(Kind::Float);
+                let n = m.sum(Kind::Float).clamp_min(1.0);
+                stats.is_weight +=
+                    ((&w * &m).sum(Kind::Float) / &n).double_value(&[]) * token_share;
+                let cut = w.ge(correction.threshold).to_kind(Kind::Float) * &m;
+                stats.is_truncated += (cut.sum(Kind::Float) / &n).double_value(&[]) * token_share;
+            });
+            w
+        });
         let terms = grpo_loss(
             &lp.dense,
-            fx.old.as_ref().unwrap_or(&detached),
+            old,
             fx.reference.as_ref(),
             &adv,
             tmask,
             loss_cfg,
+            is_weights.as_ref(),
         );
-        let token_share = tokens(tmask) / total_tokens.max(1.0);
         let weight = loss_cfg.aggregation.micro_batch_weight(
             tokens(tmask),
             mb.rows(),

@@ -63,6 +63,10 @@ pub struct SftConfig {
     /// `tensorboard` (event files under `run_dir/tb/`).
     #[serde(default = "crate::run_dir::all_reporters")]
     pub report_to: Vec<crate::run_dir::Reporter>,
+    /// Linear layers of the training forward in `bf16` (f32 master weights, LoRA and
+    /// optimizer state; `lm::autocast`), or `off`. Validation stays in the model's dtype.
+    #[serde(default = "crate::config::defaults::off")]
+    pub autocast: String,
 }
 
 impl SftConfig {
@@ -132,6 +136,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         trainable_count,
         if cfg.lora.is_some() { " (LoRA)" } else { "" }
     );
+    let autocast = lm::autocast::parse(&cfg.autocast).context("config key `autocast`")?;
     let bar = lm::progress::Progress::new("sft", "steps", cfg.steps, tr.start).every(1);
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in tr.start..end {
@@ -146,7 +151,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         let mut loss_sum = 0.0;
         for micro in batch.chunks(cfg.micro_batch.max(1)) {
             let (ids, mask) = pad(micro, tr.device);
-            let lp = token_logprobs(&tr.policy.model, &ids, &mask);
+            let lp = lm::autocast::with(autocast, || token_logprobs(&tr.policy.model, &ids, &mask));
             let t = mask.size()[1];
             let loss = sft_loss(&lp.dense, &mask.narrow(1, 1, t - 1), tokens.max(1) as f64);
             loss.backward();

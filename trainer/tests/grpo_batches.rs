@@ -38,7 +38,7 @@ fn pass(
     share: bool,
     cfg: &GrpoLossConfig,
 ) -> (PassStats, Vec<Tensor>, usize) {
-    let micro = micro_batches(rows, adv, share, 2, Device::Cpu);
+    let micro = micro_batches(rows, adv, share, 2, false, Device::Cpu);
     // Old and reference log-probs: fixed shifts of the current ones, the same per token in
     // either layout, so the ratio and the KL term are not trivial.
     let fixed: Vec<Fixed> = micro
@@ -55,7 +55,7 @@ fn pass(
     for mut v in model.vs.trainable_variables() {
         v.zero_grad();
     }
-    let stats = accumulate_gradients(model, &micro, &fixed, cfg);
+    let stats = accumulate_gradients(model, &micro, &fixed, cfg, &Default::default());
     let grads = model
         .vs
         .trainable_variables()

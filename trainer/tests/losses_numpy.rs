@@ -86,7 +86,7 @@ fn losses_match_numpy() {
                 aggregation: agg,
                 dr_grpo_length: 16.0,
             };
-            let ours = grpo_loss(&new, &old, Some(&reference), &adv, &mask, &cfg)
+            let ours = grpo_loss(&new, &old, Some(&reference), &adv, &mask, &cfg, None)
                 .loss
                 .double_value(&[]);
             let theirs = want[format!("{name}/{beta:?}")].as_f64().unwrap();
