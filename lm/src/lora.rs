@@ -41,7 +41,8 @@ impl Linear {
     }
 }
 
-const MODULES: [&str; 7] = [
+/// The projections LoRA can target, by their HF names.
+pub const MODULES: [&str; 7] = [
     "q_proj",
     "k_proj",
     "v_proj",

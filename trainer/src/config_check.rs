@@ -96,17 +96,8 @@ fn lora(l: &Option<LoraConfig>) -> Result<(), String> {
     if l.target_modules.is_empty() {
         return fail("lora.target_modules", "[]", "name at least one module");
     }
-    const MODULES: [&str; 7] = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
     for m in &l.target_modules {
-        one_of("lora.target_modules", m, &MODULES)?;
+        one_of("lora.target_modules", m, &lm::lora::MODULES)?;
     }
     Ok(())
 }
