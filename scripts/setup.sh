@@ -17,9 +17,10 @@ BASE=checkpoints/base/SmolLM2-135M-Instruct
 STAMP=$VENV/.recthinker-setup-v1
 
 # System libraries: HDF5 for the dataset store, DejaVu fonts for the training plots, gloo's
-# headers for dist/ (its symbols come from libtorch_cpu.so).
+# headers for dist/ (its symbols come from libtorch_cpu.so), and chromium: the tests of
+# `recthinker view` open its HTML pages in headless Chromium and check the rendered DOM.
 need=()
-for pkg in libhdf5-dev pkg-config fonts-dejavu-core libgloo-dev; do
+for pkg in libhdf5-dev pkg-config fonts-dejavu-core libgloo-dev chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

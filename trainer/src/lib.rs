@@ -22,3 +22,4 @@ pub mod teachers;
 pub mod tensorboard;
 pub mod train_common;
 pub mod trajectory;
+pub mod view;

@@ -81,6 +81,9 @@ enum Command {
         /// The run directory.
         run_dir: std::path::PathBuf,
     },
+    /// Write a self-contained HTML page: trajectories (eval/synth/baseline JSON lines) as a
+    /// sortable table with each conversation, or a run directory's metrics as curves.
+    View(trainer::view::Args),
     /// Benchmarks (see scripts/bench/).
     Bench(cmd_bench::Args),
 }
@@ -95,6 +98,9 @@ fn main() {
         Command::Bench(a) => cmd_bench::run(a),
         Command::Plot { run_dir } => trainer::plot::plot_metrics(&run_dir)
             .map(|n| println!("wrote {n} plots to {}", run_dir.join("plots").display())),
+        Command::View(a) => {
+            trainer::view::run(&a).map(|w| println!("wrote {} ({})", w.path.display(), w.what))
+        }
         Command::Data(a) => cmd_data::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Synth(a) => cmd_train::synth_cmd(a),

@@ -20,8 +20,8 @@ const FONT_PATHS: [&str; 3] = [
     "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
 ];
 /// The main curves of each kind of run, in overview order.
-const SFT_OVERVIEW: [&str; 3] = ["loss", "lr", "val_ndcg@10"];
-const GRPO_OVERVIEW: [&str; 6] = [
+pub const SFT_OVERVIEW: [&str; 3] = ["loss", "lr", "val_ndcg@10"];
+pub const GRPO_OVERVIEW: [&str; 6] = [
     "reward_mean",
     "ndcg@10",
     "valid_rate",
@@ -66,7 +66,7 @@ pub fn smooth(values: &[f64], weight: f64) -> Vec<f64> {
 }
 
 /// Whether a metric is noisy enough to smooth (not the schedule, not validation).
-fn smoothed(name: &str, points: usize) -> bool {
+pub fn smoothed(name: &str, points: usize) -> bool {
     points >= 3 && name != "lr" && !name.starts_with("val_")
 }
 

@@ -56,8 +56,16 @@ pub fn score<'a>(row: &'a AgentRow, ep: &Episode, cfg: &RewardConfig) -> Scored<
 /// The JSON line of one trajectory. Token ids, mask and log-probs only when `with_tokens`.
 pub fn to_json(s: &Scored, ep: &Episode, data: &Prepared, split: &str, with_tokens: bool) -> Value {
     let r = s.row;
+    // The evaluation subset the user belongs to (neither: null), for `recthinker view`.
+    let subset = if data.sparse_users.contains(&ep.user) {
+        Some("sparse")
+    } else if data.dense_users.contains(&ep.user) {
+        Some("dense")
+    } else {
+        None
+    };
     let mut v = json!({
-        "episode": {"split": split, "user": data.users[ep.user as usize].raw_id, "pos": ep.pos,
+        "episode": {"split": split, "subset": subset, "user": data.users[ep.user as usize].raw_id, "pos": ep.pos,
                      "target": data.items[data.target(ep) as usize].raw_id, "target_index": ep.target_index + 1,
                      "candidates": ep.candidates.iter().map(|&c| data.items[c as usize].raw_id.clone()).collect::<Vec<_>>()},
         "sample": r.sample,
