@@ -95,6 +95,29 @@ impl ChatTemplate {
         tools: Option<&serde_json::Value>,
         kwargs: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String> {
+        self.render_any(messages, add_generation_prompt, tools, kwargs)
+    }
+
+    /// `render_with` for messages as JSON objects, passed to the template as they are: the
+    /// OpenAI message shape with fields [`Message`] does not carry (an assistant's
+    /// `tool_calls`, a tool message's `tool_call_id`), as transformers passes them.
+    pub fn render_json(
+        &self,
+        messages: &[serde_json::Value],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
+        self.render_any(messages, add_generation_prompt, tools, kwargs)
+    }
+
+    fn render_any<M: Serialize>(
+        &self,
+        messages: &[M],
+        add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat")?;
         let ctx = minijinja::context! {
             messages => minijinja::Value::from_serialize(messages),

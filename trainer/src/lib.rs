@@ -16,6 +16,7 @@ pub mod rl;
 pub mod rl_batch;
 pub mod run_dir;
 pub mod sequence;
+pub mod serve;
 pub mod sft;
 pub mod synth;
 pub mod teachers;

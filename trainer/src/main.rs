@@ -64,6 +64,8 @@ enum Command {
     Tool(cmd_tool::ToolArgs),
     /// The tool suite as a service: `tools serve` (a Model Context Protocol server).
     Tools(cmd_tool::ToolsArgs),
+    /// An OpenAI-compatible chat-completions server for a model (`/v1/chat/completions`).
+    Serve(trainer::serve::Args),
     /// Evaluate a classical recommender (random, pop, itemknn, bpr, sasrec).
     Baseline(cmd_tool::BaselineArgs),
     /// Run the agent on evaluation episodes; report NDCG, validity, tool use, throughput.
@@ -94,6 +96,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Generate(a) => cmd_generate::run(a),
+        Command::Serve(a) => trainer::serve::run(a),
         Command::Logits(a) => cmd_logits::run(a),
         Command::Bench(a) => cmd_bench::run(a),
         Command::Plot { run_dir } => trainer::plot::plot_metrics(&run_dir)
