@@ -53,13 +53,14 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-# The official clients the serving tests talk through (openai, mcp) and TensorBoard's
-# reader (tensorboard, tbparse): a second stamp, so an existing venv gains them once.
-STAMP2=$VENV/.recthinker-setup-clients-v1
+# The official clients the serving tests talk through (openai, mcp), TensorBoard's reader
+# (tensorboard, tbparse) and peft (loads our LoRA adapters in the adapter test): a second
+# stamp, so an existing venv gains them once.
+STAMP2=$VENV/.recthinker-setup-clients-v2
 if [ ! -f "$STAMP2" ]; then
-  echo "[setup] installing the test clients (openai, mcp, tensorboard, tbparse)"
+  echo "[setup] installing the test clients (openai, mcp, tensorboard, tbparse, peft)"
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir \
-    "openai>=1" "mcp>=1" tensorboard tbparse
+    "openai>=1" "mcp>=1" tensorboard tbparse peft
   touch "$STAMP2"
 fi
 

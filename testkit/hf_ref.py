@@ -3,7 +3,10 @@
   tiny FAMILY OUT TOKENIZER_DIR      random tiny model (seeded), saved as HF dir; FAMILY is
                                      qwen2 | qwen2.5 (qwen2 + Qwen2.5's template) | qwen3 |
                                      llama | llama3 (llama + llama3 rope scaling)
-  logits MODEL PROMPT OUT            logits [T, V] f32 + input_ids of a raw prompt
+  logits MODEL PROMPT OUT            logits [T, V] f32 + input_ids of a raw prompt (MODEL may be
+                                     a PEFT adapter directory: its base wrapped by peft.PeftModel)
+  lowrank BASE OUT RANK              BASE plus a seeded random rank-RANK update of every
+                                     q/k/v/o/gate/up/down projection (what a LoRA run merges)
   greedy MODEL N OUT PROMPT...       greedy token ids of `generate` for chat prompts
   chat MODEL MESSAGES_JSON OUT       apply_chat_template text (add_generation_prompt=True)
   render TOKENIZER_DIR CASES_JSON OUT  apply_chat_template text of each case
@@ -78,10 +81,34 @@ def tiny(family, out, tok_dir):
 def load(model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    adapter = os.path.join(model_dir, "adapter_config.json")
+    if os.path.exists(adapter) and not os.path.exists(os.path.join(model_dir, "config.json")):
+        from peft import PeftModel
+
+        base = json.load(open(adapter))["base_model_name_or_path"]
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        model = PeftModel.from_pretrained(model, model_dir)
+    else:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     return tok, model
+
+
+def lowrank(base, out, rank):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(1)
+    shutil.copytree(base, out)
+    weights = load_file(f"{base}/model.safetensors")
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for name, w in weights.items():
+        if any(name.endswith(f".{p}.weight") for p in projections):
+            b = torch.randn(w.shape[0], int(rank)) * 0.05
+            a = torch.randn(int(rank), w.shape[1]) * 0.05
+            weights[name] = (w.float() + b @ a).to(w.dtype).contiguous()
+    save_file(weights, f"{out}/model.safetensors", metadata={"format": "pt"})
 
 
 def logits(model_dir, prompt, out):
@@ -138,4 +165,5 @@ if __name__ == "__main__":
     if cmd == "greedy":
         greedy(args[0], args[1], args[2], args[3:])
     else:
-        {"tiny": tiny, "logits": logits, "chat": chat, "render": render}[cmd](*args)
+        {"tiny": tiny, "logits": logits, "chat": chat, "render": render,
+         "lowrank": lowrank}[cmd](*args)

@@ -2,6 +2,7 @@
 //! (Llama / Qwen2 / Qwen3 families), LoRA, tokenizer and chat template, the KV cache and the
 //! batched generation engine. It knows nothing of recommendation, tools or rewards.
 
+pub mod adapter;
 pub mod attention;
 pub mod autocast;
 pub mod chat;

@@ -15,7 +15,19 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Loads an HF model directory, or a PEFT LoRA adapter directory (`adapter_config.json`,
+    /// no `config.json`): its base model with the adapter merged in, the base's tokenizer and
+    /// chat template, `dir` the adapter's.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        if crate::adapter::is_adapter_dir(dir) {
+            let cfg = crate::adapter::read_config(dir)?;
+            let base = crate::adapter::base_dir(dir, &cfg)?;
+            let mut policy = Self::load(&base, device, kind)?;
+            crate::adapter::merge_into(&policy.model, dir, &cfg)
+                .with_context(|| format!("loading the adapter {}", dir.display()))?;
+            policy.dir = dir.to_path_buf();
+            return Ok(policy);
+        }
         if !dir.join("config.json").exists() {
             anyhow::bail!(
                 "{}: not a model directory (no config.json); run scripts/setup.sh to create the base model",

@@ -43,6 +43,11 @@ impl Checkpoint {
                 dir.display()
             );
         };
+        Self::open_files(paths)
+    }
+
+    /// The given safetensors files as one checkpoint (e.g. a PEFT `adapter_model.safetensors`).
+    pub fn open_files(paths: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::new();
         let mut location = HashMap::new();
         for (i, path) in paths.into_iter().enumerate() {
@@ -70,6 +75,21 @@ impl Checkpoint {
 
     /// Loads `name`, checks its shape, converts to `kind` on `device`.
     pub fn load(&self, name: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+        self.load_checked(name, Some(shape), kind, device)
+    }
+
+    /// Loads `name` whatever its shape, converted to `kind` on `device`.
+    pub fn load_any(&self, name: &str, kind: Kind, device: Device) -> Result<Tensor> {
+        self.load_checked(name, None, kind, device)
+    }
+
+    fn load_checked(
+        &self,
+        name: &str,
+        shape: Option<&[i64]>,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor> {
         let &i = self
             .location
             .get(name)
@@ -80,10 +100,11 @@ impl Checkpoint {
             .tensor(name)
             .with_context(|| format!("{}: reading tensor `{name}`", path.display()))?;
         let got: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        if got != shape {
+        if shape.is_some_and(|s| s != got.as_slice()) {
             bail!(
-                "tensor `{name}` in {} has shape {got:?}, expected {shape:?} from config.json",
-                path.display()
+                "tensor `{name}` in {} has shape {got:?}, expected {:?} from config.json",
+                path.display(),
+                shape.unwrap_or_default()
             );
         }
         let src_kind = match view.dtype() {

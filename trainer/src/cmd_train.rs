@@ -72,3 +72,52 @@ pub fn rl_cmd(a: ConfigArgs) -> Result<()> {
     let cfg: trainer::rl::RlConfig = trainer::config::load(&a.config)?;
     trainer::rl::run(&cfg, a.resume, a.stop_after)
 }
+
+#[derive(ClapArgs)]
+pub struct AdapterArgs {
+    /// The fine-tuned HF directory (e.g. an `export` of the final run).
+    #[arg(long)]
+    model: PathBuf,
+    /// The base HF directory the adapter applies to.
+    #[arg(long)]
+    base: PathBuf,
+    /// Written as the adapter's `base_model_name_or_path` (default: --base as given).
+    #[arg(long)]
+    base_name: Option<String>,
+    /// LoRA rank of the adapter (the truncated SVD of each projection's difference).
+    #[arg(long, default_value_t = 32)]
+    rank: i64,
+    /// Storage type of the factors: bf16 | f32.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+    dtype: String,
+    /// Output PEFT adapter directory (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `recthinker adapter`: a fine-tuned model as one PEFT LoRA adapter on its base.
+pub fn adapter_cmd(a: AdapterArgs) -> Result<()> {
+    let kind = if a.dtype == "bf16" {
+        tch::Kind::BFloat16
+    } else {
+        tch::Kind::Float
+    };
+    let name = a
+        .base_name
+        .clone()
+        .unwrap_or_else(|| a.base.display().to_string());
+    let t = std::time::Instant::now();
+    let x = lm::adapter::extract(&a.base, &a.model, &name, a.rank, kind, &a.out)?;
+    let report = serde_json::to_string_pretty(&x)?;
+    lm::fsutil::write_atomic(&a.out.join("extraction.json"), report.as_bytes())?;
+    println!("{report}");
+    println!(
+        "wrote {} (rank {}, {:.1} MB, {:.4} of the difference's energy kept) in {:.1?}",
+        a.out.display(),
+        x.rank,
+        x.bytes as f64 / 1e6,
+        x.energy_kept,
+        t.elapsed()
+    );
+    Ok(())
+}

@@ -78,6 +78,8 @@ enum Command {
     Rl(cmd_train::ConfigArgs),
     /// Export a checkpoint as an HF directory (LoRA merged).
     Export(cmd_train::ExportArgs),
+    /// A fine-tuned model as one PEFT LoRA adapter on its base (truncated SVD of the difference).
+    Adapter(cmd_train::AdapterArgs),
     /// Redraw a run's PNG plots (run_dir/plots/) from its metrics.jsonl.
     Plot {
         /// The run directory.
@@ -110,6 +112,7 @@ fn main() {
         Command::Sft(a) => cmd_train::sft_cmd(a),
         Command::Rl(a) => cmd_train::rl_cmd(a),
         Command::Export(a) => cmd_train::export_cmd(a),
+        Command::Adapter(a) => cmd_train::adapter_cmd(a),
         Command::Tool(a) => cmd_tool::run_tool(a),
         Command::Tools(a) => cmd_tool::run_tools(a),
         Command::Baseline(a) => cmd_tool::run_baseline(a),
