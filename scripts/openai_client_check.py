@@ -8,6 +8,7 @@ Used by trainer/tests/serve.rs against `recthinker serve`, and handy by hand:
         --model NAME --model-dir DIR --check api
 
 Checks (--check, repeatable):
+  chat         a real model: plain = streamed, n = 2, a tool round trip (--max-tokens each).
   api          models list/retrieve, plain and streamed chat (the stream's deltas equal the
                plain reply), n > 1, seeds, stop sequences, max_tokens -> "length", a tool
                round trip (assistant tool_calls then a tool message), usage counts equal to
@@ -229,6 +230,31 @@ def check_api(client, a, report):
     report["malformed"] = len(bad) + 5
 
 
+def check_chat(client, a, report):
+    """A real model (SmolLM2): plain and streamed chat agree, n = 2, and a tool round trip
+    through a template without tool support (tools go into the system prompt, the call and
+    its result into the text) is accepted and longer than the same chat without tools."""
+    m = a.model
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    r = chat(client, m, messages=q, temperature=0, max_tokens=a.max_tokens)
+    c = r.choices[0]
+    check(c.message.content and c.finish_reason in ("stop", "length"), f"{r}")
+    text, finish, _, usage = stream(client, m, messages=q, temperature=0, max_tokens=a.max_tokens, stream_options={"include_usage": True})
+    check(text[0] == c.message.content and finish[0] == c.finish_reason and usage == r.usage, f"{text} {finish} {usage} vs {r}")
+    r2 = chat(client, m, messages=q, n=2, temperature=1.0, seed=1, max_tokens=a.max_tokens)
+    check(len(r2.choices) == 2 and r2.usage.prompt_tokens == r.usage.prompt_tokens, f"{r2}")
+    convo = q + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+    ]
+    rt = chat(client, m, messages=convo, tools=[WEATHER], temperature=0, max_tokens=a.max_tokens)
+    check(rt.choices[0].finish_reason in ("stop", "length", "tool_calls"), f"{rt}")
+    check(rt.usage.prompt_tokens > r.usage.prompt_tokens + 40, f"{rt.usage} vs {r.usage}")
+    report["chat"] = {"content": c.message.content, "usage": r.usage.model_dump(),
+                      "tool_round_trip": {"prompt_tokens": rt.usage.prompt_tokens, "finish_reason": rt.choices[0].finish_reason,
+                                          "content": rt.choices[0].message.content}}
+
+
 async def check_load(a, report):
     client = AsyncOpenAI(base_url=a.base_url, api_key="none", max_retries=0, timeout=300)
     lat = []
@@ -330,7 +356,7 @@ def main():
     p.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--model", required=True, help="the served model id")
     p.add_argument("--model-dir", help="the model directory (api: transformers' tokenizer)")
-    p.add_argument("--check", action="append", required=True, choices=["api", "load", "queue", "sigterm"])
+    p.add_argument("--check", action="append", required=True, choices=["api", "chat", "load", "queue", "sigterm"])
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=16)
@@ -342,6 +368,8 @@ def main():
         t = time.perf_counter()
         if c == "api":
             check_api(client, a, report)
+        elif c == "chat":
+            check_chat(client, a, report)
         elif c == "load":
             asyncio.run(check_load(a, report))
         elif c == "queue":

@@ -333,3 +333,81 @@ fn request_failures_give_clear_errors() {
         "{err}"
     );
 }
+
+/// Closing the loop: the `openai` teacher plays episodes against `recthinker serve` (SmolLM2,
+/// the base model, as a stand-in for a trained agent). Every request the teacher makes is one
+/// the server accepts (native tools, tool messages with ids, the protocol's text), and the
+/// run ends with every episode played, none failed.
+#[test]
+fn synthesis_runs_against_recthinker_serve() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recthinker"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--served-model-name",
+            "teacher-model",
+            "--model",
+        ])
+        .arg(support::base_model())
+        .env("RECTHINKER_THREADS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    let started = std::time::Instant::now();
+    let dir = scratch("openai-teacher");
+    let (cfg, out) = (dir.join("serve.toml"), dir.join("serve.jsonl"));
+    // One episode, one turn of 16 tokens: the prompt (system prompt and six tool schemas,
+    // ~1,500 tokens on SmolLM2's template) is what costs.
+    std::fs::write(
+        &cfg,
+        format!(
+            "data = {:?}\nout = {:?}\nteacher = \"openai\"\nlimit_episodes = 1\nmin_ndcg = 0.0\n[agent]\nmax_turns = 1\n[openai]\nbase_url = {url:?}\nmodel = \"teacher-model\"\napi_key_env = \"\"\nmax_tokens = 16\n",
+            data(),
+            out,
+        ),
+    )
+    .unwrap();
+    let o = recthinker(&["synth", "--config", cfg.to_str().unwrap()], &[]);
+    let health = {
+        let addr = url.trim_start_matches("http://").trim_end_matches("/v1");
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["failed_episodes"], 0, "{summary}");
+    assert_eq!(health["invalid"], 0, "{health}");
+    assert_eq!(health["failed"], 0, "{health}");
+    assert!(health["served"].as_u64().unwrap() >= 1, "{health}");
+    eprintln!(
+        "synth against recthinker serve (SmolLM2): {} requests served in {:.1?}; summary {summary}",
+        health["served"],
+        started.elapsed()
+    );
+}

@@ -22,6 +22,8 @@ const MODEL_ID: &str = "tiny-qwen2.5-v1";
 
 struct Server {
     child: Child,
+    /// The served model id (the directory's name).
+    id: String,
     /// `127.0.0.1:PORT`.
     addr: String,
     log: Arc<Mutex<Vec<String>>>,
@@ -55,7 +57,13 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-        Server { child, addr, log }
+        let id = model.file_name().unwrap().to_string_lossy().into_owned();
+        Server {
+            child,
+            id,
+            addr,
+            log,
+        }
     }
 
     fn base_url(&self) -> String {
@@ -109,7 +117,7 @@ fn client_check(server: &Server, args: &[&str]) -> Value {
     let t = Instant::now();
     let out = Command::new(repo_root().join(".venv/bin/python"))
         .arg(repo_root().join("scripts/openai_client_check.py"))
-        .args(["--base-url", &server.base_url(), "--model", MODEL_ID])
+        .args(["--base-url", &server.base_url(), "--model", &server.id])
         .args(args)
         .env("TOKENIZERS_PARALLELISM", "false")
         .output()
@@ -560,4 +568,13 @@ fn bad_clients_slow_leaving_and_malformed_leave_the_server_serving_with_bounded_
         "RSS grew by {:.1} MB",
         rss_after - rss_before
     );
+}
+
+#[test]
+fn smollm2_chats_and_takes_a_tool_round_trip_through_a_template_without_tools() {
+    let dir = testkit::base_model();
+    let server = Server::start(&dir, &["--max-batch", "4"]);
+    let report = client_check(&server, &["--check", "chat", "--max-tokens", "12"]);
+    let content = report["chat"]["content"].as_str().unwrap();
+    assert!(content.contains("Paris"), "{content}");
 }

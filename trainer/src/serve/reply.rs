@@ -135,8 +135,9 @@ impl ChoiceText {
 
 /// The tool calls in `text`: every complete `<tool_call>...</tool_call>` block, each a JSON
 /// object `{"name": ..., "arguments": {...}}` (`arguments` may be a JSON string, or
-/// `parameters`), and the text before the first. None when there is no complete block or
-/// one does not parse: then the text is plain content.
+/// `parameters`) or a non-empty list of them (SmolLM2's form), and the text before the
+/// first. None when there is no complete block or one does not parse: then the text is
+/// plain content.
 pub fn parse_tool_calls(text: &str) -> Option<(&str, Vec<ToolCall>)> {
     let (open, close) = TOOL_CALL;
     let first = text.find(open)?;
@@ -147,10 +148,25 @@ pub fn parse_tool_calls(text: &str) -> Option<(&str, Vec<ToolCall>)> {
         let Some(e) = text[body_start..].find(close) else {
             break;
         };
-        calls.push(ToolCall::parse(&text[body_start..body_start + e]).ok()?);
+        calls.extend(block_calls(&text[body_start..body_start + e])?);
         at = body_start + e + close.len();
     }
     (!calls.is_empty()).then_some((&text[..first], calls))
+}
+
+/// One block's calls: an object, or a non-empty JSON list of objects.
+fn block_calls(body: &str) -> Option<Vec<ToolCall>> {
+    let body = body.trim();
+    if !body.starts_with('[') {
+        return ToolCall::parse(body).ok().map(|c| vec![c]);
+    }
+    match serde_json::from_str::<Value>(body).ok()? {
+        Value::Array(list) if !list.is_empty() => list
+            .iter()
+            .map(|c| ToolCall::parse(&c.to_string()).ok())
+            .collect(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +216,22 @@ mod tests {
                 ToolCall::new("f", json!({"a": 2})),
                 ToolCall::new("g", json!({}))
             ]
+        );
+        let (_, calls) = parse_tool_calls(
+            "<tool_call>[\n{\"name\": \"f\", \"arguments\": {\"a\": 1}},\n{\"name\": \"g\", \"arguments\": {}}\n]</tool_call>",
+        )
+        .unwrap();
+        assert_eq!(
+            calls,
+            vec![
+                ToolCall::new("f", json!({"a": 1})),
+                ToolCall::new("g", json!({}))
+            ]
+        );
+        assert_eq!(parse_tool_calls("<tool_call>[]</tool_call>"), None);
+        assert_eq!(
+            parse_tool_calls("<tool_call>[{\"name\": \"f\"}, 3]</tool_call>"),
+            None
         );
         assert_eq!(parse_tool_calls("no call"), None);
         assert_eq!(parse_tool_calls("<tool_call>{\"name\": \"f\""), None);
