@@ -5,6 +5,7 @@ pub mod algos;
 pub mod checkpoint;
 pub mod config;
 pub mod config_check;
+pub mod data_parallel;
 pub mod evaluate;
 pub mod export;
 pub mod logprobs;
