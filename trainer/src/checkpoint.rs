@@ -2,15 +2,184 @@
 //! (step, data position, seeds). A checkpoint is written into a temporary directory that is
 //! renamed into place, then `latest` is replaced atomically: a crash or kill at any moment
 //! leaves the previous checkpoint intact and `latest` pointing at a complete one.
+//!
+//! Each checkpoint ends with `manifest.json`, written last: every other file's size and
+//! SHA-256. `verify` checks them before anything is loaded, so a damaged file (a flipped
+//! byte, a truncated copy) is refused naming the file instead of training on silently
+//! wrong weights; resuming falls back to the newest checkpoint that verifies
+//! (`resume_candidates`). Checkpoints written before manifests existed load with a warning.
 
 use crate::optim::AdamW;
 use anyhow::{bail, Context, Result};
 use lm::fsutil::{write_atomic, write_dir_atomic};
 use lm::weights::save_safetensors;
 use lm::Model;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
+
+/// The file in each checkpoint that lists the others with their sizes and SHA-256.
+pub const MANIFEST: &str = "manifest.json";
+
+/// The files every checkpoint holds (and its manifest must list).
+const REQUIRED: [&str; 3] = ["weights.safetensors", "optimizer.safetensors", "state.json"];
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    /// 1.
+    version: u32,
+    /// File name (in the checkpoint directory) -> size and hash.
+    files: BTreeMap<String, FileSum>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSum {
+    bytes: u64,
+    /// Lowercase hex.
+    sha256: String,
+}
+
+/// Size and SHA-256 of a file, streamed.
+fn file_sum(path: &Path) -> Result<FileSum> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(FileSum { bytes, sha256 })
+}
+
+/// Writes `dir/manifest.json` (atomically) over every other regular file in `dir`.
+fn write_manifest(dir: &Path) -> Result<()> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == MANIFEST || name.starts_with('.') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        files.insert(name, file_sum(&entry.path())?);
+    }
+    let m = Manifest { version: 1, files };
+    // Compact, without a trailing newline: no byte of it is insignificant whitespace, so a
+    // flipped byte anywhere changes what it says (and is refused) rather than its layout.
+    write_atomic(&dir.join(MANIFEST), serde_json::to_string(&m)?.as_bytes())
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Every file matches the manifest.
+    Checked,
+    /// No manifest (a checkpoint from before manifests): loaded unverified.
+    Legacy,
+}
+
+/// Checks checkpoint `ckpt` against its manifest: every listed file present with its size
+/// and SHA-256, and the files a checkpoint needs listed. An error names the file and what
+/// differs. A checkpoint without `manifest.json` but with its `state.json` is `Legacy`.
+pub fn verify(ckpt: &Path) -> Result<Verified> {
+    let mpath = ckpt.join(MANIFEST);
+    if !mpath.exists() {
+        if !ckpt.join("state.json").exists() {
+            bail!(
+                "{}: not a complete checkpoint (no {MANIFEST}, no state.json)",
+                ckpt.display()
+            );
+        }
+        return Ok(Verified::Legacy);
+    }
+    let text = std::fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?;
+    let m: Manifest = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{}: not a checkpoint manifest (damaged?); refusing the checkpoint",
+            mpath.display()
+        )
+    })?;
+    if m.version != 1 {
+        bail!(
+            "{}: manifest version {}, this build reads 1",
+            mpath.display(),
+            m.version
+        );
+    }
+    for name in REQUIRED {
+        if !m.files.contains_key(name) {
+            bail!(
+                "{}: does not list {name}; refusing the checkpoint",
+                mpath.display()
+            );
+        }
+    }
+    for (name, want) in &m.files {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            bail!("{}: bad file name {name:?}", mpath.display());
+        }
+        let path = ckpt.join(name);
+        if !path.exists() {
+            bail!(
+                "{}: missing (listed in {MANIFEST}); refusing the checkpoint",
+                path.display()
+            );
+        }
+        let got = file_sum(&path)?;
+        if got.bytes != want.bytes {
+            bail!(
+                "{}: {} bytes, {MANIFEST} says {}: the file is damaged or truncated; \
+                 refusing the checkpoint",
+                path.display(),
+                got.bytes,
+                want.bytes
+            );
+        }
+        if got.sha256 != want.sha256 {
+            bail!(
+                "{}: SHA-256 {} does not match {MANIFEST} ({}): the file is damaged; \
+                 refusing the checkpoint",
+                path.display(),
+                got.sha256,
+                want.sha256
+            );
+        }
+    }
+    Ok(Verified::Checked)
+}
+
+/// `verify`, with a warning on stderr for a checkpoint without a manifest.
+pub fn verify_or_warn(ckpt: &Path) -> Result<()> {
+    if verify(ckpt)? == Verified::Legacy {
+        eprintln!(
+            "warning: {} has no {MANIFEST} (written before checkpoints carried checksums); \
+             loading it unverified",
+            ckpt.display()
+        );
+    }
+    Ok(())
+}
+
+/// The step of a `step-NNNNNN` directory name.
+fn step_of(name: &str) -> Option<usize> {
+    name.strip_prefix("step-")?.parse().ok()
+}
 
 /// The tensors a checkpoint stores: adapters only for LoRA runs, every weight otherwise.
 pub fn trained_tensors(model: &Model) -> BTreeMap<String, Tensor> {
@@ -44,9 +213,13 @@ pub fn save(
         write_atomic(
             &tmp.join("state.json"),
             serde_json::to_string_pretty(state)?.as_bytes(),
-        )
-    })?;
-    write_atomic(&dir.join("latest"), name.as_bytes())?;
+        )?;
+        // Last: a checkpoint with a manifest is a complete one.
+        write_manifest(tmp)
+    })
+    .with_context(|| format!("writing checkpoint {}", target.display()))?;
+    write_atomic(&dir.join("latest"), name.as_bytes())
+        .with_context(|| format!("pointing {} at {name}", dir.join("latest").display()))?;
     if keep > 0 {
         let best = best(dir)?.and_then(|(p, _)| p.file_name().map(|n| n.to_owned()));
         let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -120,6 +293,48 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>> {
         );
     }
     Ok(Some(path))
+}
+
+/// The checkpoints a resume may start from, newest first: the one `latest` names, then the
+/// older `step-N` directories (newer ones than `latest` are not from this run's history: a
+/// kill between a checkpoint's rename and `latest`'s, or an earlier, longer run). Without a
+/// readable `latest`, every `step-N` directory (said on stderr when `latest` is damaged).
+pub fn resume_candidates(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut steps: Vec<(usize, PathBuf)> = Vec::new();
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(step) = step_of(&name).filter(|_| entry.path().is_dir()) {
+                steps.push((step, entry.path()));
+            }
+        }
+    }
+    steps.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let file = dir.join("latest");
+    let newest = match std::fs::read_to_string(&file) {
+        Ok(name) => match step_of(name.trim()) {
+            Some(s) if dir.join(name.trim()).is_dir() => Some(s),
+            _ => {
+                eprintln!(
+                    "{} names {:?}, which is not a checkpoint here; trying every step-N",
+                    file.display(),
+                    name.trim()
+                );
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            eprintln!("{}: {e}; trying every step-N", file.display());
+            None
+        }
+    };
+    Ok(steps
+        .into_iter()
+        .filter(|(s, _)| newest.is_none_or(|n| *s <= n))
+        .map(|(_, p)| p)
+        .collect())
 }
 
 pub fn read_state(ckpt: &Path) -> Result<serde_json::Value> {

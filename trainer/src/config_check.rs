@@ -102,6 +102,8 @@ fn lora(l: &Option<LoraConfig>) -> Result<(), String> {
     Ok(())
 }
 
+/// `optim.nonfinite` (`stop` | `skip`) is an enum: serde refuses any other value, naming
+/// the key and the allowed values (`trainer/tests/configs.rs`).
 fn optim(o: &OptimConfig) -> Result<(), String> {
     number("optim.lr", o.lr, 0.0, f64::INFINITY, true)?;
     number(

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
+/// Verifies the checkpoint against its manifest first: a damaged one is refused naming the
+/// file, and nothing is written.
 pub fn export(ckpt: &Path, out: &Path) -> Result<()> {
+    checkpoint::verify_or_warn(ckpt)?;
     let state = checkpoint::read_state(ckpt)?;
     let base = PathBuf::from(
         state["base_model"]

@@ -18,6 +18,21 @@ pub struct OptimConfig {
     pub min_lr_ratio: f64,
     /// Clip the global gradient norm to this (0: off).
     pub max_grad_norm: f64,
+    /// A step whose loss or gradients hold a NaN or an infinity: `stop` the run naming the
+    /// step and the tensor, or `skip` the step (no optimizer update; counted as
+    /// `skipped_nonfinite` in the metrics). Either way the weights are never touched.
+    pub nonfinite: NonFinite,
+}
+
+/// What a step with a non-finite loss or gradient does (`[optim] nonfinite`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinite {
+    /// Stop the run with an error naming the step and the tensor.
+    #[default]
+    Stop,
+    /// Drop the step's gradients and go on; count it.
+    Skip,
 }
 
 impl Default for OptimConfig {
@@ -31,6 +46,7 @@ impl Default for OptimConfig {
             warmup_steps: 5,
             min_lr_ratio: 0.1,
             max_grad_norm: 1.0,
+            nonfinite: NonFinite::Stop,
         }
     }
 }
@@ -76,22 +92,53 @@ impl AdamW {
         }
     }
 
-    /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm
-    /// before clipping.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+    /// The global L2 norm of the gradients, or the name of the first parameter (in name
+    /// order) whose gradient holds a NaN or an infinity.
+    pub fn grad_norm(&self) -> std::result::Result<f64, String> {
         let _g = tch::no_grad_guard();
         let mut total = 0.0;
-        for (_, p) in &self.params {
+        for (name, p) in &self.params {
             let g = p.grad();
-            if g.defined() {
-                total += g
-                    .to_kind(Kind::Float)
+            if !g.defined() {
+                continue;
+            }
+            let mut sq = g
+                .to_kind(Kind::Float)
+                .pow_tensor_scalar(2)
+                .sum(Kind::Float)
+                .double_value(&[]);
+            if !sq.is_finite() {
+                // A NaN/inf element, or finite values whose squares overflow f32.
+                if g.isfinite().all().int64_value(&[]) == 0 {
+                    return Err(name.clone());
+                }
+                sq = g
+                    .to_kind(Kind::Double)
                     .pow_tensor_scalar(2)
-                    .sum(Kind::Float)
+                    .sum(Kind::Double)
                     .double_value(&[]);
             }
+            total += sq;
         }
-        let norm = total.sqrt();
+        Ok(total.sqrt())
+    }
+
+    /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm
+    /// before clipping (NaN when a gradient is not finite: then nothing is scaled).
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        match self.grad_norm() {
+            Ok(norm) => {
+                self.scale_grads(norm, max_norm);
+                norm
+            }
+            Err(_) => f64::NAN,
+        }
+    }
+
+    /// Scales gradients of global norm `norm` (from `grad_norm`) down to `max_norm` when
+    /// above it (`max_norm` 0: never).
+    pub fn scale_grads(&mut self, norm: f64, max_norm: f64) {
+        let _g = tch::no_grad_guard();
         if max_norm > 0.0 && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
             for (_, p) in &self.params {
@@ -101,7 +148,6 @@ impl AdamW {
                 }
             }
         }
-        norm
     }
 
     pub fn apply(&mut self, cfg: &OptimConfig, lr: f64) {

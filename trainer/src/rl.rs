@@ -6,9 +6,9 @@
 use crate::algos::AdvantageEstimator;
 use crate::evaluate::validate;
 use crate::losses::GrpoLossConfig;
-use crate::optim::{lr_at, OptimConfig};
+use crate::optim::{lr_at, NonFinite, OptimConfig};
 use crate::rl_batch::{accumulate_gradients, micro_batches, Fixed, MicroBatch};
-use crate::train_common::{batch_indices, RunSpec, Trainee};
+use crate::train_common::{batch_indices, debug_phase, RunSpec, Trainee};
 use crate::trajectory::score;
 use anyhow::{bail, Context, Result};
 use datasets::{Episode, Split};
@@ -198,6 +198,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in tr.start..end {
         // 1. Rollouts with the current policy.
+        debug_phase(step + 1, "rollout");
         let t_roll = Instant::now();
         let eps = step_episodes(train, cfg.seed, step, cfg.episodes_per_step);
         let rows = {
@@ -263,6 +264,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             .filter(|g| g.iter().any(Option::is_some))
             .count());
         line["rows_trained"] = serde_json::json!(batch_rows);
+        debug_phase(step + 1, "train");
         let t_train = Instant::now();
         let (mut kl, mut clip, mut entropy, mut loss_sum, mut lr) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let (mut is_weight, mut is_truncated) = (0.0, 0.0);
@@ -284,7 +286,7 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
                 })
                 .collect();
             for inner in 0..cfg.inner_epochs {
-                let stats = lm::autocast::with(train_kind, || {
+                let mut stats = lm::autocast::with(train_kind, || {
                     accumulate_gradients(
                         &tr.policy.model,
                         &micro,
@@ -295,13 +297,20 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
                 });
                 if inner == 0 {
                     (is_weight, is_truncated) = (stats.is_weight, stats.is_truncated);
+                    stats.loss += tr.inject_debug_fault(step + 1);
                 }
                 loss_sum += stats.loss;
                 kl += stats.kl;
                 clip += stats.clip_fraction;
                 entropy += stats.entropy;
-                tr.opt.clip_grad_norm(cfg.optim.max_grad_norm);
                 lr = lr_at(&cfg.optim, step * cfg.inner_epochs + inner, total_opt_steps);
+                // A NaN/inf loss or gradient never reaches the weights: the run stops, or
+                // (`nonfinite = "skip"`) this and the step's remaining inner epochs are
+                // skipped.
+                let Some(norm) = tr.check_finite(cfg.optim.nonfinite, step + 1, stats.loss)? else {
+                    break;
+                };
+                tr.opt.scale_grads(norm, cfg.optim.max_grad_norm);
                 tr.opt.apply(&cfg.optim, lr);
                 tr.opt.zero_grad();
             }
@@ -316,6 +325,9 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         if correct {
             line["is_weight"] = serde_json::json!(is_weight);
             line["is_truncated"] = serde_json::json!(is_truncated);
+        }
+        if cfg.optim.nonfinite == NonFinite::Skip {
+            line["skipped_nonfinite"] = serde_json::json!(tr.skipped_nonfinite);
         }
         line["train_seconds"] = serde_json::json!(t_train.elapsed().as_secs_f64());
         if cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps) {

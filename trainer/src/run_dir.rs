@@ -108,7 +108,9 @@ impl RunDir {
                 .create(true)
                 .append(true)
                 .open(self.metrics_path())?;
-            writeln!(f, "{line}")?;
+            // One write of the whole line: a kill leaves at most one torn last line, which
+            // `truncate_metrics` drops on resume.
+            f.write_all(format!("{line}\n").as_bytes())?;
             f.sync_data()?;
         }
         if let (Some(events), Some(step)) = (&self.events, line["step"].as_u64()) {

@@ -4,7 +4,7 @@
 
 use crate::logprobs::token_logprobs;
 use crate::losses::sft_loss;
-use crate::optim::{lr_at, OptimConfig};
+use crate::optim::{lr_at, NonFinite, OptimConfig};
 use crate::sequence::{tokenize_conversation, TokenSequence};
 use crate::train_common::{batch_indices, pad_rows, RunSpec, Trainee};
 use anyhow::{bail, Context, Result};
@@ -157,11 +157,22 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
             loss.backward();
             loss_sum += loss.double_value(&[]);
         }
-        let grad_norm = tr.opt.clip_grad_norm(cfg.optim.max_grad_norm);
+        loss_sum += tr.inject_debug_fault(step + 1);
         let lr = lr_at(&cfg.optim, step, cfg.steps);
-        tr.opt.apply(&cfg.optim, lr);
+        // A NaN/inf loss or gradient never reaches the weights (`[optim] nonfinite`).
+        let grad_norm = match tr.check_finite(cfg.optim.nonfinite, step + 1, loss_sum)? {
+            Some(norm) => {
+                tr.opt.scale_grads(norm, cfg.optim.max_grad_norm);
+                tr.opt.apply(&cfg.optim, lr);
+                norm
+            }
+            None => f64::NAN,
+        };
         tr.opt.zero_grad();
         let mut line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "seconds": t0.elapsed().as_secs_f64()});
+        if cfg.optim.nonfinite == NonFinite::Skip {
+            line["skipped_nonfinite"] = serde_json::json!(tr.skipped_nonfinite);
+        }
         if let Some(w) = &val_world {
             if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
                 let v = crate::evaluate::validate(&tr.policy, w, cfg.eval_users, &cfg.eval_agent)?;

@@ -1,10 +1,18 @@
 //! What the SFT and GRPO loops share: starting a run (device, dtype, policy, LoRA, optimizer,
-//! resume), saving its checkpoints, the seeded data order, and padding rows into tensors.
+//! resume), saving its checkpoints, guarding optimizer steps against non-finite losses and
+//! gradients, the seeded data order, and padding rows into tensors.
+//!
+//! Two environment variables exist for the fault tests only (trainer/tests/faults.rs):
+//! `RECTHINKER_DEBUG_NONFINITE=KIND@STEP[,KIND@STEP...]` poisons step STEP (1-based) after
+//! its backward pass, KIND `loss` (a NaN term added to the loss: every gradient NaN) or
+//! `grad` (an infinite term on the first trainable parameter's gradient), and
+//! `RECTHINKER_DEBUG_PHASES=1` prints `phase: step N rollout|train|checkpoint|saved` lines
+//! on stderr, so a test can kill a run inside a given phase.
 
 use crate::checkpoint;
-use crate::optim::AdamW;
+use crate::optim::{AdamW, NonFinite};
 use crate::run_dir::{Reporter, RunDir};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use lm::device::{parse_device, parse_dtype};
 use lm::lora::LoraConfig;
 use lm::{Model, Policy};
@@ -41,6 +49,11 @@ pub struct Trainee {
     pub run: RunDir,
     /// 0 for a fresh run, the checkpoint's step after a resume.
     pub start: usize,
+    /// Steps skipped for a non-finite loss or gradient so far (`[optim] nonfinite = "skip"`),
+    /// kept in checkpoints so a resumed run counts on.
+    pub skipped_nonfinite: usize,
+    /// `RECTHINKER_DEBUG_NONFINITE`: (step, fault) pairs to inject (tests only).
+    debug_faults: Vec<(usize, DebugFault)>,
     /// What each checkpoint's `state.json` records besides the step, and when to save.
     state: serde_json::Value,
     steps: usize,
@@ -55,6 +68,8 @@ impl Trainee {
     /// parameters. With `resume`, the run's latest checkpoint is loaded into the policy and
     /// the optimizer and metrics past it are dropped; otherwise metrics start anew.
     pub fn start(spec: &RunSpec, resolved_config: &impl Serialize, resume: bool) -> Result<Self> {
+        report_file_size_limit_as_error();
+        let debug_faults = debug_faults()?;
         let device = parse_device(spec.device)?;
         let kind = parse_dtype(spec.dtype)?;
         let mut policy = Policy::load(spec.model, device, kind)?;
@@ -67,7 +82,7 @@ impl Trainee {
             spec.report_to,
         )?;
         let mut opt = AdamW::new(trainable(&policy.model));
-        let start = resume_or_start(&run, &policy.model, &mut opt, resume)?;
+        let (start, skipped_nonfinite) = resume_or_start(&run, &policy.model, &mut opt, resume)?;
         run.start_logging(start)?;
         Ok(Self {
             device,
@@ -76,6 +91,8 @@ impl Trainee {
             opt,
             run,
             start,
+            skipped_nonfinite,
+            debug_faults,
             state: serde_json::json!({"kind": spec.kind, "base_model": spec.model, "lora": spec.lora, "dtype": spec.dtype, "seed": spec.seed}),
             steps: spec.steps,
             save_every: spec.save_every,
@@ -106,12 +123,16 @@ impl Trainee {
 
     /// Writes checkpoint `done` (weights, optimizer, state; see checkpoint.rs), keeping the
     /// newest `keep_checkpoints` (and the best validated one).
+    /// A write that fails (a full disk) is an error naming the checkpoint; the previous
+    /// checkpoint and `latest` are left as they were.
     pub fn save_checkpoint(&self, done: usize) -> Result<PathBuf> {
-        let mut state = serde_json::json!({ "step": done });
+        debug_phase(done, "checkpoint");
+        let mut state =
+            serde_json::json!({ "step": done, "skipped_nonfinite": self.skipped_nonfinite });
         if let (Some(s), Some(fixed)) = (state.as_object_mut(), self.state.as_object()) {
             s.extend(fixed.clone());
         }
-        checkpoint::save(
+        let saved = checkpoint::save(
             &self.run.checkpoints(),
             done,
             &self.policy.model,
@@ -119,29 +140,193 @@ impl Trainee {
             &state,
             self.keep_checkpoints,
         )
+        .with_context(|| {
+            let kept = checkpoint::latest(&self.run.checkpoints())
+                .ok()
+                .flatten()
+                .map_or("none".to_string(), |p| p.display().to_string());
+            format!(
+                "step {done}: the checkpoint could not be written, so the run stops \
+                 (the last complete checkpoint, {kept}, is intact; free space, then --resume)"
+            )
+        })?;
+        debug_phase(done, "saved");
+        Ok(saved)
+    }
+
+    /// Applies the `RECTHINKER_DEBUG_NONFINITE` fault planned for `step` (1-based), if any,
+    /// after the step's backward pass: returns what it adds to the step's loss value (NaN
+    /// for a poisoned loss, 0 otherwise). Tests only.
+    pub fn inject_debug_fault(&self, step: usize) -> f64 {
+        let Some((_, fault)) = self.debug_faults.iter().find(|(s, _)| *s == step) else {
+            return 0.0;
+        };
+        let params = &self.opt.params;
+        let Some((_, first)) = params.first() else {
+            return 0.0;
+        };
+        match fault {
+            DebugFault::Loss => {
+                // A NaN term in the loss: its backward makes every gradient NaN.
+                let terms = params.iter().map(|(_, p)| p.sum(Kind::Float));
+                if let Some(total) = terms.reduce(|a, b| a + b) {
+                    (total * f64::NAN).backward();
+                }
+                f64::NAN
+            }
+            DebugFault::Grad => {
+                (first.sum(Kind::Float) * f64::INFINITY).backward();
+                0.0
+            }
+        }
+    }
+
+    /// Guards the optimizer step of `step` (1-based) whose loss value is `loss`: with a
+    /// finite loss and finite gradients, their global norm. Otherwise the weights are left
+    /// untouched: under `nonfinite = "stop"` an error naming the step and the tensor (`the
+    /// loss`, or the parameter whose gradient is not finite); under `"skip"` the gradients
+    /// are dropped, the step is counted in `skipped_nonfinite`, a warning says so, and
+    /// `None`.
+    pub fn check_finite(
+        &mut self,
+        policy: NonFinite,
+        step: usize,
+        loss: f64,
+    ) -> Result<Option<f64>> {
+        let what = if !loss.is_finite() {
+            format!("the loss is {loss}")
+        } else {
+            match self.opt.grad_norm() {
+                Ok(norm) => return Ok(Some(norm)),
+                Err(name) => format!("the gradient of `{name}` holds NaN or infinite values"),
+            }
+        };
+        match policy {
+            NonFinite::Stop => bail!(
+                "step {step}: {what}; stopped before the optimizer step, so no weights \
+                 changed (set `[optim] nonfinite = \"skip\"` to skip such steps)"
+            ),
+            NonFinite::Skip => {
+                self.opt.zero_grad();
+                self.skipped_nonfinite += 1;
+                eprintln!(
+                    "warning: step {step}: {what}; step skipped, weights unchanged \
+                     ({} skipped so far)",
+                    self.skipped_nonfinite
+                );
+                Ok(None)
+            }
+        }
     }
 }
 
-/// With `resume`, loads the run's latest checkpoint into `model` and `opt` and returns its
-/// step; otherwise (or without a checkpoint) 0.
-fn resume_or_start(run: &RunDir, model: &Model, opt: &mut AdamW, resume: bool) -> Result<usize> {
-    if !resume {
-        return Ok(0);
-    }
-    let Some(ck) = checkpoint::latest(&run.checkpoints())? else {
-        eprintln!(
-            "no checkpoint in {}; starting fresh",
-            run.checkpoints().display()
-        );
-        return Ok(0);
+/// A fault `RECTHINKER_DEBUG_NONFINITE` injects (tests only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DebugFault {
+    Loss,
+    Grad,
+}
+
+/// `RECTHINKER_DEBUG_NONFINITE` parsed: `loss@3,grad@5`.
+fn debug_faults() -> Result<Vec<(usize, DebugFault)>> {
+    const VAR: &str = "RECTHINKER_DEBUG_NONFINITE";
+    let Ok(text) = std::env::var(VAR) else {
+        return Ok(Vec::new());
     };
-    checkpoint::load_weights(model, &ck)?;
-    checkpoint::load_optimizer(opt, &ck)?;
-    let step = checkpoint::read_state(&ck)?["step"]
-        .as_u64()
-        .context("checkpoint state has no step")? as usize;
-    eprintln!("resumed from {} at step {step}", ck.display());
-    Ok(step)
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let parsed = part.trim().split_once('@').and_then(|(kind, step)| {
+                let kind = match kind {
+                    "loss" => DebugFault::Loss,
+                    "grad" => DebugFault::Grad,
+                    _ => return None,
+                };
+                Some((step.parse::<usize>().ok()?, kind))
+            });
+            parsed.with_context(|| format!("{VAR}: `{part}`: expected loss@STEP or grad@STEP"))
+        })
+        .collect()
+}
+
+/// `RECTHINKER_DEBUG_PHASES=1`: prints `phase: step N NAME` on stderr (tests only).
+pub fn debug_phase(step: usize, name: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("RECTHINKER_DEBUG_PHASES").is_some_and(|v| v == "1")) {
+        eprintln!("phase: step {step} {name}");
+    }
+}
+
+/// A file-size limit (`ulimit -f`, RLIMIT_FSIZE) kills a process that writes past it with
+/// SIGXFSZ by default; ignored, the write fails with EFBIG instead and the run stops with an
+/// error naming the file, as on a full disk.
+fn report_file_size_limit_as_error() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// With `resume`, loads the newest checkpoint of the run that verifies (`checkpoint::verify`;
+/// damaged ones are skipped, saying which and why on stderr) into `model` and `opt`, and
+/// returns its step and its count of skipped non-finite steps; otherwise (or without a
+/// checkpoint) (0, 0). Checkpoints exist but none verifies: an error.
+fn resume_or_start(
+    run: &RunDir,
+    model: &Model,
+    opt: &mut AdamW,
+    resume: bool,
+) -> Result<(usize, usize)> {
+    if !resume {
+        return Ok((0, 0));
+    }
+    let dir = run.checkpoints();
+    let candidates = checkpoint::resume_candidates(&dir)?;
+    if candidates.is_empty() {
+        eprintln!("no checkpoint in {}; starting fresh", dir.display());
+        return Ok((0, 0));
+    }
+    let mut skipped = 0;
+    for ck in &candidates {
+        // Verified, then loaded: a file that fails either (a checkpoint without a manifest
+        // can only fail the second) sends the resume to the next older checkpoint, which
+        // overwrites every tensor the failed one may have loaded.
+        let loaded = (|| -> Result<(usize, usize)> {
+            checkpoint::verify_or_warn(ck)?;
+            let state = checkpoint::read_state(ck)?;
+            let step = state["step"]
+                .as_u64()
+                .with_context(|| format!("{}: state.json has no step", ck.display()))?;
+            checkpoint::load_weights(model, ck)?;
+            checkpoint::load_optimizer(opt, ck)?;
+            let nonfinite = state["skipped_nonfinite"].as_u64().unwrap_or(0);
+            Ok((step as usize, nonfinite as usize))
+        })();
+        let (step, nonfinite) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("skipping checkpoint {}: {e:#}", ck.display());
+                skipped += 1;
+                continue;
+            }
+        };
+        if skipped > 0 {
+            eprintln!(
+                "resuming from {}, the newest checkpoint that verifies ({skipped} newer one{} skipped)",
+                ck.display(),
+                if skipped == 1 { "" } else { "s" }
+            );
+        }
+        eprintln!("resumed from {} at step {step}", ck.display());
+        return Ok((step, nonfinite));
+    }
+    bail!(
+        "{}: none of its {} checkpoints verifies and loads (reasons above); move them away \
+         to start fresh",
+        dir.display(),
+        candidates.len()
+    )
 }
 
 /// The trainable parameters, by name (adapters only under LoRA).

@@ -308,6 +308,7 @@ fn every_out_of_domain_value_is_named() {
             ("optim.eps".into(), f(0.0)),
             ("optim.min_lr_ratio".into(), f(1.5)),
             ("optim.max_grad_norm".into(), f(-1.0)),
+            ("optim.nonfinite".into(), s("ignore")),
         ]
     };
     let mut synth: Vec<(String, Value)> = vec![
