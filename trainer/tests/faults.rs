@@ -60,6 +60,14 @@ fn failed(o: Output) -> String {
     e
 }
 
+/// The `error: ...` line of a failed run's stderr.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("")
+}
+
 fn ck(run_dir: &Path, step: usize) -> PathBuf {
     run_dir.join(format!("checkpoints/step-{step:06}"))
 }
@@ -416,8 +424,7 @@ fn a_failed_checkpoint_write_keeps_the_previous_one_and_stops_naming_it() {
     ] {
         assert!(e.contains(want), "{want:?} not in:\n{e}");
     }
-    let said = e.lines().find(|l| l.starts_with("error:")).unwrap_or("");
-    eprintln!("faults: the failed write said: {said}");
+    eprintln!("faults: the failed write said: {}", error_line(&e));
     // The previous checkpoint is intact and current; nothing half-written is left.
     let mut left: Vec<String> = std::fs::read_dir(rb.join("checkpoints"))
         .unwrap()
@@ -708,7 +715,7 @@ fn sft_nonfinite_steps_stop_naming_the_tensor_or_are_skipped() {
         e.contains("step 2: the gradient of `model.layers.0.self_attn.q_proj.lora_A.weight` holds NaN or infinite values"),
         "{e}"
     );
-    eprintln!("faults: SFT stopped with: {}", e.trim());
+    eprintln!("faults: SFT stopped with: {}", error_line(&e));
     // skip: steps 2 (loss) and 3 (gradient) are skipped and counted; weights unchanged.
     let skip = sft_config(&dir, "skip", true, 5, "nonfinite = \"skip\"");
     let e = ok(run("sft", &skip, &[], &nonfinite_env("loss@2,grad@3")));
@@ -756,7 +763,7 @@ fn grpo_nonfinite_steps_stop_naming_the_tensor_or_are_skipped() {
         e.contains("step 2: the gradient of `lm_head.weight` holds NaN or infinite values; stopped before the optimizer step"),
         "{e}"
     );
-    eprintln!("faults: GRPO stopped with: {}", e.trim());
+    eprintln!("faults: GRPO stopped with: {}", error_line(&e));
     let rs = dir.join("stop");
     assert_eq!(steps_logged(&rs), [1]);
     assert!(ck(&rs, 1).exists() && !ck(&rs, 2).exists());
