@@ -2,6 +2,7 @@
 //! full fine-tuning or LoRA, AdamW with warmup + cosine, gradient accumulation, clipping,
 //! periodic validation NDCG, atomic checkpoints and exact resume.
 
+use crate::data_parallel::DataParallel;
 use crate::logprobs::token_logprobs;
 use crate::losses::sft_loss;
 use crate::optim::{lr_at, NonFinite, OptimConfig};
@@ -122,34 +123,53 @@ pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
 
 pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
     tch::manual_seed(cfg.seed as i64); // LoRA adapters initialize from it
-    let mut tr = Trainee::start(&cfg.run_spec(), cfg, resume)?;
+                                       // Data parallel when launched as several processes (torchrun, srun): rank 0 owns the run
+                                       // directory (and reads the checkpoint on resume); every rank starts from its parameters
+                                       // and optimizer state.
+    let dp = DataParallel::from_env()?;
+    let run_dir = dp.run_dir(&cfg.run_dir);
+    let spec = RunSpec {
+        run_dir: &run_dir,
+        ..cfg.run_spec()
+    };
+    let mut tr = Trainee::start(&spec, cfg, resume && dp.is_main())?;
+    tr.start = dp.sync_start(&mut tr.opt, tr.start)?;
     let examples = load_examples(cfg, &tr.policy)?;
     let val_world = match (&cfg.eval_data, cfg.eval_every) {
+        (Some(_), n) if n > 0 && !dp.is_main() => None, // rank 0 validates
         (Some(d), n) if n > 0 => Some(tools::world::load(d)?),
         (None, n) if n > 0 => bail!("eval_every is set but eval_data is not"),
         _ => None,
     };
     let trainable_count: i64 = tr.opt.params.iter().map(|(_, p)| p.numel() as i64).sum();
-    eprintln!(
-        "SFT: {} examples, {} trainable parameters{}",
-        examples.len(),
-        trainable_count,
-        if cfg.lora.is_some() { " (LoRA)" } else { "" }
-    );
+    if dp.is_main() {
+        eprintln!(
+            "SFT: {} examples, {} trainable parameters{}",
+            examples.len(),
+            trainable_count,
+            if cfg.lora.is_some() { " (LoRA)" } else { "" }
+        );
+    }
     let autocast = lm::autocast::parse(&cfg.autocast).context("config key `autocast`")?;
-    let bar = lm::progress::Progress::new("sft", "steps", cfg.steps, tr.start).every(1);
+    let bar = if dp.is_main() {
+        lm::progress::Progress::new("sft", "steps", cfg.steps, tr.start).every(1)
+    } else {
+        lm::progress::Progress::hidden()
+    };
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in tr.start..end {
         let t0 = Instant::now();
         let idx = batch_indices(examples.len(), cfg.seed, step, cfg.batch_size);
         let batch: Vec<&TokenSequence> = idx.iter().map(|&i| &examples[i]).collect();
-        // Normalize by the batch's loss tokens so accumulation equals one big batch.
+        // Normalize by the batch's loss tokens so accumulation (and the sum over ranks) equals
+        // one big batch.
         let tokens: usize = batch
             .iter()
             .map(|s| s.mask[1..].iter().filter(|&&m| m == 1).count())
             .sum();
         let mut loss_sum = 0.0;
-        for micro in batch.chunks(cfg.micro_batch.max(1)) {
+        // This rank's rows (all of them in one process).
+        for micro in batch[dp.shard(batch.len())].chunks(cfg.micro_batch.max(1)) {
             let (ids, mask) = pad(micro, tr.device);
             let lp = lm::autocast::with(autocast, || token_logprobs(&tr.policy.model, &ids, &mask));
             let t = mask.size()[1];
@@ -157,6 +177,10 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
             loss.backward();
             loss_sum += loss.double_value(&[]);
         }
+        // Every rank now holds the whole batch's gradient and loss.
+        let mut sums = [loss_sum];
+        dp.all_reduce_grads(&tr.opt, &mut sums)?;
+        loss_sum = sums[0];
         loss_sum += tr.inject_debug_fault(step + 1);
         let lr = lr_at(&cfg.optim, step, cfg.steps);
         // A NaN/inf loss or gradient never reaches the weights (`[optim] nonfinite`).
@@ -170,6 +194,9 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         };
         tr.opt.zero_grad();
         let mut line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "seconds": t0.elapsed().as_secs_f64()});
+        if dp.is_distributed() {
+            line["allreduce_seconds"] = serde_json::json!(dp.take_reduce_seconds());
+        }
         if cfg.optim.nonfinite == NonFinite::Skip {
             line["skipped_nonfinite"] = serde_json::json!(tr.skipped_nonfinite);
         }
@@ -188,14 +215,18 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         ));
         bar.inc(1);
         if tr.checkpoint_due(step + 1) {
-            tr.save_checkpoint(step + 1)?;
-            tr.run.redraw_plots();
+            if dp.is_main() {
+                tr.save_checkpoint(step + 1)?;
+                tr.run.redraw_plots();
+            }
+            dp.barrier("checkpoint")?;
         }
         if let Some(v) = line["val_ndcg@10"].as_f64() {
             tr.record_validation(step + 1, v)?;
         }
     }
     bar.finish();
+    dp.cleanup(&cfg.run_dir);
     Ok(())
 }
 
