@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 /// working directory's `.venv` (a binary copied or built elsewhere, run from the project),
 /// else the venv of the checkout the binary was built from.
 pub fn default_ml100k_dir() -> Option<PathBuf> {
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.join(".venv/lib");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .join(".venv/lib");
     [PathBuf::from(".venv/lib"), built]
         .iter()
         .find_map(|root| ml100k_in(root))
