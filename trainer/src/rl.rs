@@ -4,10 +4,11 @@
 //! `inner_epochs` passes in micro-batches.
 
 use crate::algos::AdvantageEstimator;
+use crate::data_parallel::DataParallel;
 use crate::evaluate::validate;
 use crate::losses::GrpoLossConfig;
 use crate::optim::{lr_at, NonFinite, OptimConfig};
-use crate::rl_batch::{accumulate_gradients, micro_batches, Fixed, MicroBatch};
+use crate::rl_batch::{accumulate_gradients_of, batch_totals, micro_batches, BatchTotals, Fixed};
 use crate::train_common::{batch_indices, debug_phase, RunSpec, Trainee};
 use crate::trajectory::score;
 use anyhow::{bail, Context, Result};
@@ -172,7 +173,17 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
     tch::manual_seed(cfg.seed as i64);
     let world = tools::world::load(&cfg.data)?;
     let registry = tools::suite::standard(cfg.agent.tool_max_chars);
-    let mut tr = Trainee::start(&cfg.run_spec(), cfg, resume)?;
+    // Data parallel when launched as several processes (torchrun, srun): each rank rolls out
+    // its groups; rank 0 owns the run directory (and reads the checkpoint on resume); every
+    // rank starts from its parameters and optimizer state.
+    let dp = DataParallel::from_env()?;
+    let run_dir = dp.run_dir(&cfg.run_dir);
+    let spec = RunSpec {
+        run_dir: &run_dir,
+        ..cfg.run_spec()
+    };
+    let mut tr = Trainee::start(&spec, cfg, resume && dp.is_main())?;
+    tr.start = dp.sync_start(&mut tr.opt, tr.start)?;
     let reference = if cfg.loss.beta > 0.0 {
         Some(Policy::load(&cfg.model, tr.device, tr.kind)?)
     } else {
@@ -194,24 +205,32 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
              `[rollout_correction] mode = \"off\"`"
         );
     }
-    let bar = lm::progress::Progress::new("grpo", "steps", cfg.steps, tr.start).every(1);
+    let bar = if dp.is_main() {
+        lm::progress::Progress::new("grpo", "steps", cfg.steps, tr.start).every(1)
+    } else {
+        lm::progress::Progress::hidden()
+    };
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     for step in tr.start..end {
         // 1. Rollouts with the current policy.
         debug_phase(step + 1, "rollout");
         let t_roll = Instant::now();
-        let eps = step_episodes(train, cfg.seed, step, cfg.episodes_per_step);
+        let all_eps = step_episodes(train, cfg.seed, step, cfg.episodes_per_step);
+        // This rank's groups (all of them in one process), each row seeded as in one process.
+        let mine = dp.shard(all_eps.len());
+        let eps = &all_eps[mine.clone()];
         let rows = {
             let env = AgentEnv::for_policy(&tr.policy, &world, &registry, &cfg.agent);
             let seed = cfg
                 .seed
                 .wrapping_mul(7919)
-                .wrapping_add((step * 1_000_003) as u64);
+                .wrapping_add((step * 1_000_003) as u64)
+                .wrapping_add((mine.start * cfg.group_size) as u64);
             let mut rows = Vec::new();
             // All B x G rows as one batch: GRPO's groups share their prompts in the engine.
             let all = eps.len() * cfg.group_size;
             lm::autocast::with(rollout_kind, || {
-                run_batches(&tr.policy, &env, &eps, cfg.group_size, all, seed, |_, r| {
+                run_batches(&tr.policy, &env, eps, cfg.group_size, all, seed, |_, r| {
                     rows = r;
                     Ok(())
                 })
@@ -228,24 +247,43 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         let adv =
             cfg.advantage
                 .group_advantages(&rewards, cfg.group_size, cfg.keep_zero_variance_groups);
-        let n = rewards.len() as f64;
-        let mean =
-            |f: &dyn Fn(&crate::trajectory::Scored) -> f64| scored.iter().map(f).sum::<f64>() / n;
-        let reward_mean = rewards.iter().sum::<f64>() / n;
-        let reward_std = (rewards
+        // The metrics are over every rank's rows, in the order of one process.
+        let per_row: Vec<f64> = scored
             .iter()
-            .map(|r| (r - reward_mean).powi(2))
+            .zip(&rows)
+            .flat_map(|(s, r)| {
+                [
+                    s.reward.total,
+                    s.reward.acc,
+                    s.reward.fmt,
+                    s.reward.eff,
+                    s.reward.bad_penalty,
+                    s.valid as u8 as f64,
+                    s.row.calls.len() as f64,
+                    r.generated_tokens as f64,
+                ]
+            })
+            .collect();
+        let all_rows = dp.gather(&per_row)?;
+        let all_rows: Vec<&[f64]> = all_rows.chunks(8).collect();
+        let n = all_rows.len() as f64;
+        let col_sum = |i: usize| all_rows.iter().map(|r| r[i]).sum::<f64>();
+        let mean = |i: usize| col_sum(i) / n;
+        let reward_mean = mean(0);
+        let reward_std = (all_rows
+            .iter()
+            .map(|r| (r[0] - reward_mean).powi(2))
             .sum::<f64>()
             / n)
             .sqrt();
         let mut line = serde_json::json!({
             "step": step + 1,
             "reward_mean": reward_mean, "reward_std": reward_std,
-            "reward_acc": mean(&|s| s.reward.acc), "reward_fmt": mean(&|s| s.reward.fmt),
-            "reward_eff": mean(&|s| s.reward.eff), "reward_bad_penalty": mean(&|s| s.reward.bad_penalty),
-            "ndcg@10": mean(&|s| s.reward.acc), "valid_rate": mean(&|s| s.valid as u8 as f64),
-            "tool_calls": mean(&|s| s.row.calls.len() as f64),
-            "generated_tokens": rows.iter().map(|r| r.generated_tokens).sum::<usize>(),
+            "reward_acc": mean(1), "reward_fmt": mean(2),
+            "reward_eff": mean(3), "reward_bad_penalty": mean(4),
+            "ndcg@10": mean(1), "valid_rate": mean(5),
+            "tool_calls": mean(6),
+            "generated_tokens": col_sum(7) as usize,
             "rollout_seconds": rollout_seconds,
         });
         // 3. The batch: rows of groups with signal, as micro-batches.
@@ -257,12 +295,21 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             correct,
             tr.device,
         );
-        let batch_rows: usize = micro.iter().map(MicroBatch::rows).sum();
-        // Groups with signal (zero-variance ones have no advantage), and the rows trained on.
-        line["groups_kept"] = serde_json::json!(adv
+        // Groups with signal (zero-variance ones have no advantage), the rows trained on and
+        // their scored tokens, over every rank.
+        let groups_kept = adv
             .chunks(cfg.group_size.max(1))
             .filter(|g| g.iter().any(Option::is_some))
-            .count());
+            .count();
+        let local = batch_totals(&micro);
+        let mut counts = [groups_kept as f64, local.rows as f64, local.tokens];
+        dp.sum(&mut counts)?;
+        let totals = BatchTotals {
+            tokens: counts[2],
+            rows: counts[1] as usize,
+        };
+        let batch_rows = totals.rows;
+        line["groups_kept"] = serde_json::json!(counts[0] as usize);
         line["rows_trained"] = serde_json::json!(batch_rows);
         debug_phase(step + 1, "train");
         let t_train = Instant::now();
@@ -287,14 +334,33 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
                 .collect();
             for inner in 0..cfg.inner_epochs {
                 let mut stats = lm::autocast::with(train_kind, || {
-                    accumulate_gradients(
+                    accumulate_gradients_of(
                         &tr.policy.model,
                         &micro,
                         &fixed,
                         &cfg.loss,
                         &cfg.rollout_correction,
+                        totals,
                     )
                 });
+                // Every rank now holds the whole batch's gradient and statistics.
+                let mut sums = [
+                    stats.loss,
+                    stats.kl,
+                    stats.clip_fraction,
+                    stats.entropy,
+                    stats.is_weight,
+                    stats.is_truncated,
+                ];
+                dp.all_reduce_grads(&tr.opt, &mut sums)?;
+                [
+                    stats.loss,
+                    stats.kl,
+                    stats.clip_fraction,
+                    stats.entropy,
+                    stats.is_weight,
+                    stats.is_truncated,
+                ] = sums;
                 if inner == 0 {
                     (is_weight, is_truncated) = (stats.is_weight, stats.is_truncated);
                     stats.loss += tr.inject_debug_fault(step + 1);
@@ -330,7 +396,14 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             line["skipped_nonfinite"] = serde_json::json!(tr.skipped_nonfinite);
         }
         line["train_seconds"] = serde_json::json!(t_train.elapsed().as_secs_f64());
-        if cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps) {
+        if dp.is_distributed() {
+            line["allreduce_seconds"] = serde_json::json!(dp.take_reduce_seconds());
+        }
+        // Rank 0 validates.
+        if dp.is_main()
+            && cfg.eval_every > 0
+            && ((step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps)
+        {
             let t_val = Instant::now();
             let v = validate(&tr.policy, &world, cfg.eval_users, &cfg.eval_agent)?;
             line["val_ndcg@10"] = serde_json::json!(v.ndcg().ndcg10);
@@ -342,14 +415,18 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         bar.set_message(crate::run_dir::summary(&line, &GRPO_SHOWN));
         bar.inc(1);
         if tr.checkpoint_due(step + 1) {
-            tr.save_checkpoint(step + 1)?;
-            tr.run.redraw_plots();
+            if dp.is_main() {
+                tr.save_checkpoint(step + 1)?;
+                tr.run.redraw_plots();
+            }
+            dp.barrier("checkpoint")?;
         }
         if let Some(v) = line["val_ndcg@10"].as_f64() {
             tr.record_validation(step + 1, v)?;
         }
     }
     bar.finish();
+    dp.cleanup(&cfg.run_dir);
     Ok(())
 }
 

@@ -166,6 +166,26 @@ pub struct PassStats {
     pub is_truncated: f64,
 }
 
+/// The scored tokens and the rows of a batch: what each micro-batch's loss weight divides
+/// by. Under data parallelism, the sums over every rank's micro-batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchTotals {
+    pub tokens: f64,
+    pub rows: usize,
+}
+
+fn scored_tokens(m: &Tensor) -> f64 {
+    m.sum(Kind::Int64).int64_value(&[]) as f64
+}
+
+/// The totals of these micro-batches.
+pub fn batch_totals(micro: &[MicroBatch]) -> BatchTotals {
+    BatchTotals {
+        tokens: micro.iter().map(|mb| scored_tokens(&mb.score_mask())).sum(),
+        rows: micro.iter().map(MicroBatch::rows).sum(),
+    }
+}
+
 /// One pass over the batch: backward of the GRPO loss aggregated over all micro-batches
 /// (each weighted so the sum equals the aggregation over the whole batch), gradients left
 /// accumulated in the model.
@@ -176,10 +196,24 @@ pub fn accumulate_gradients(
     loss_cfg: &GrpoLossConfig,
     correction: &RolloutCorrection,
 ) -> PassStats {
+    let totals = batch_totals(micro);
+    accumulate_gradients_of(model, micro, fixed, loss_cfg, correction, totals)
+}
+
+/// [`accumulate_gradients`] for a part of a batch whose whole has `totals` (this rank's
+/// micro-batches of a data-parallel step): each micro-batch is weighted by its share of the
+/// whole, so the gradients and statistics summed over the parts are the whole batch's.
+pub fn accumulate_gradients_of(
+    model: &Model,
+    micro: &[MicroBatch],
+    fixed: &[Fixed],
+    loss_cfg: &GrpoLossConfig,
+    correction: &RolloutCorrection,
+    totals: BatchTotals,
+) -> PassStats {
     let masks: Vec<Tensor> = micro.iter().map(MicroBatch::score_mask).collect();
-    let tokens = |m: &Tensor| m.sum(Kind::Int64).int64_value(&[]) as f64;
-    let total_tokens: f64 = masks.iter().map(tokens).sum();
-    let total_rows: usize = micro.iter().map(MicroBatch::rows).sum();
+    let tokens = scored_tokens;
+    let (total_tokens, total_rows) = (totals.tokens, totals.rows);
     let mut stats = PassStats::default();
     for ((mb, tmask), fx) in micro.iter().zip(&masks).zip(fixed) {
         let device = tmask.device();

@@ -287,3 +287,108 @@ fn a_killed_rank_stops_the_other_with_an_error() {
         .expect("a checkpoint");
     assert!(!weights(&latest).is_empty());
 }
+
+/// A GRPO config on real MovieLens-100k: 4 episodes x 3 samples per step (2 groups per
+/// rank), 2 inner epochs, weight decay and a KL term. The tiny random policy never answers
+/// validly, so every group's rewards are equal: with `keep_zero_variance_groups` the groups
+/// still train, and the second inner epoch's gradient is the KL term's (the first epoch's
+/// weight decay moved the policy off the reference), through the same per-group
+/// micro-batches, global normalization and all-reduce as a policy-gradient term.
+fn rl_config(dir: &Path, name: &str, data: &Path) -> PathBuf {
+    let text = format!(
+        "run_dir = {:?}\nmodel = {:?}\ndata = {:?}\nseed = 1\nsteps = 2\nepisodes_per_step = 4\ngroup_size = 3\nkeep_zero_variance_groups = true\ninner_epochs = 2\nsave_every = 1\nreport_to = [\"jsonl\"]\n[agent]\ntemperature = 1.0\nmax_new_tokens = 16\nmax_turns = 2\n[loss]\nbeta = 0.1\n[optim]\nlr = 0.01\nwarmup_steps = 1\nweight_decay = 0.5\n",
+        dir.join(name),
+        tiny_model("qwen2"),
+        data
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The GRPO metric lines `a` and `b` agree to `tol` (relative).
+fn assert_same_metrics(a: &serde_json::Value, b: &serde_json::Value, tol: f64, what: &str) {
+    for key in [
+        "reward_mean",
+        "reward_std",
+        "generated_tokens",
+        "groups_kept",
+        "rows_trained",
+        "loss",
+        "kl",
+        "entropy",
+    ] {
+        let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+        assert!(
+            (x - y).abs() <= tol * x.abs().max(1.0),
+            "{what}: step {}: {key} {x} vs {y}",
+            a["step"]
+        );
+    }
+}
+
+#[test]
+fn grpo_two_ranks_equal_one_rank() {
+    let dir = scratch("dp-grpo");
+    let data = dir.join("ml.h5");
+    prepare_ml100k(BIN, &data);
+    let one = rl_config(&dir, "one", &data);
+    let two = rl_config(&dir, "two", &data);
+    let resumed = rl_config(&dir, "resumed", &data);
+    run_single(&["rl", "--config", one.to_str().unwrap()]);
+    run_manual(2, &["rl", "--config", two.to_str().unwrap()]);
+    // Stopped after step 1 and resumed with the same world size.
+    run_manual(
+        2,
+        &[
+            "rl",
+            "--config",
+            resumed.to_str().unwrap(),
+            "--stop-after",
+            "1",
+        ],
+    );
+    run_manual(
+        2,
+        &["rl", "--config", resumed.to_str().unwrap(), "--resume"],
+    );
+    // One step: 2 ranks (each summing its 2 groups' gradients, then the all-reduce) equal one
+    // process (summing the 4 groups' in turn) up to the order of that floating-point sum.
+    let rel = max_rel_diff(
+        &weights(&ckpt(&dir, "two", 1)),
+        &weights(&ckpt(&dir, "one", 1)),
+    );
+    eprintln!("GRPO step 1, 2 ranks vs 1: max relative parameter difference {rel:.3e}");
+    assert!(rel <= 1e-5, "GRPO step 1: max relative difference {rel}");
+    let (m1, m2, mr) = (
+        metrics(&dir.join("one")),
+        metrics(&dir.join("two")),
+        metrics(&dir.join("resumed")),
+    );
+    // Rank 0's metrics are over every rank's rows.
+    assert_same_metrics(&m1[0], &m2[0], 1e-5, "GRPO step 1, 2 ranks vs 1");
+    assert!(m2[0].get("allreduce_seconds").is_some(), "{}", m2[0]);
+    // The step's gradient was not zero: the weights moved and the next step's KL is large.
+    assert_eq!(m1[0]["rows_trained"].as_u64(), Some(12));
+    assert!(m1[1]["kl"].as_f64().unwrap() > 1e-3, "{}", m1[1]);
+    let rel2 = max_rel_diff(
+        &weights(&ckpt(&dir, "two", 2)),
+        &weights(&ckpt(&dir, "one", 2)),
+    );
+    // Not held to 1e-5: AdamW's early steps move each weight by about lr whatever the size of
+    // its gradient, so step 1's rounding differences (in gradients near 0) grow in step 2.
+    eprintln!("GRPO step 2, 2 ranks vs 1: max relative parameter difference {rel2:.3e}");
+    // A resume with the same world size continues exactly.
+    let rel = max_rel_diff(
+        &weights(&ckpt(&dir, "resumed", 2)),
+        &weights(&ckpt(&dir, "two", 2)),
+    );
+    assert!(
+        rel == 0.0,
+        "GRPO resumed on 2 ranks: max relative difference {rel}"
+    );
+    for (a, b) in m2.iter().zip(&mr) {
+        assert_same_metrics(a, b, 0.0, "GRPO resumed on 2 ranks");
+    }
+    assert_eq!(mr.len(), 2);
+}
