@@ -243,6 +243,18 @@ impl ProcessGroup {
                 bucket_bytes: DEFAULT_BUCKET_BYTES,
             });
         }
+        Self::connect_group(env, timeout, gloo_ifname, use_nccl)
+    }
+
+    /// As [`ProcessGroup::connect`], but a world of one too gets a real process group (its
+    /// own store, Gloo, and NCCL when asked): for checking a backend on one device
+    /// (`dist-selftest gpu`).
+    pub fn connect_group(
+        env: LaunchEnv,
+        timeout: Duration,
+        gloo_ifname: &str,
+        use_nccl: bool,
+    ) -> Result<Self> {
         let ms = i64::try_from(timeout.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);

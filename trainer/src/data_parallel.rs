@@ -124,6 +124,16 @@ impl DataParallel {
         shard_range(n, self.rank(), self.world_size())
     }
 
+    /// The device this rank trains on: a configured `cuda` means `cuda:LOCAL_RANK` when
+    /// launched as several processes (one GPU per process); anything else as configured.
+    pub fn device(&self, configured: &str) -> String {
+        if self.is_distributed() && configured == "cuda" {
+            format!("cuda:{}", self.pg.local_rank())
+        } else {
+            configured.to_owned()
+        }
+    }
+
     /// Where this rank's run directory is: the configured one on rank 0; on the others a
     /// scratch directory under the system's temp dir (their config copy and empty logs go
     /// there, never into the shared run directory).

@@ -178,8 +178,10 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
     // rank starts from its parameters and optimizer state.
     let dp = DataParallel::from_env()?;
     let run_dir = dp.run_dir(&cfg.run_dir);
+    let device = dp.device(&cfg.device);
     let spec = RunSpec {
         run_dir: &run_dir,
+        device: &device,
         ..cfg.run_spec()
     };
     let mut tr = Trainee::start(&spec, cfg, resume && dp.is_main())?;

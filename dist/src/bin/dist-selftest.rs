@@ -2,6 +2,11 @@
 //!   dist-selftest collectives        all-reduce (sum, avg), broadcast, barrier, all-gather
 //!   dist-selftest exit-early RANK    one collective, then RANK exits; the others must fail
 //!                                    with an error naming RANK and print it
+//!   dist-selftest gpu                NCCL on this rank's GPU (cuda:LOCAL_RANK), a real process
+//!                                    group even for a world of one: bf16 gradients
+//!                                    all-reduced (sum, avg), broadcast, barrier, and the time
+//!                                    of a 64 MiB bf16 all-reduce (needs `--features nccl`;
+//!                                    scripts/gpu_check_dist.sh)
 //! Prints `OK rank R` on success; `EXPECTED-FAILURE rank R after S s: <error>` in the second
 //! mode; any other outcome exits non-zero.
 use anyhow::{bail, ensure, Result};
@@ -95,6 +100,81 @@ fn collectives(pg: &ProcessGroup) -> Result<()> {
     Ok(())
 }
 
+/// NCCL on this rank's GPU: bf16 gradients reduced exactly (small integers), then timed.
+fn gpu(timeout: Duration) -> Result<()> {
+    ensure!(
+        dist::has_nccl(),
+        "dist-selftest gpu: built without NCCL (cargo build -p dist --features nccl)"
+    );
+    ensure!(
+        tch::Cuda::is_available(),
+        "dist-selftest gpu: no CUDA device is available to libtorch"
+    );
+    let env = dist::LaunchEnv::from_env()?;
+    let (rank, world, launcher) = (env.rank, env.world_size, env.launcher);
+    let dev = tch::Device::Cuda(env.local_rank);
+    let ifname = std::env::var("GLOO_SOCKET_IFNAME").unwrap_or_default();
+    let pg = ProcessGroup::connect_group(env, timeout, &ifname, true)?;
+    let r1 = rank as f64 + 1.0;
+    // Rank r's gradient of (r + 1) * sum(x W^T) over 8 rows of ones: 8 (r + 1) everywhere.
+    let w = Tensor::ones([64, 32], (Kind::BFloat16, dev)).set_requires_grad(true);
+    let x = Tensor::ones([8, 32], (Kind::BFloat16, dev));
+    (x.matmul(&w.tr()).sum(Kind::Float) * r1).backward();
+    let g = w.grad();
+    ensure!(
+        g.kind() == Kind::BFloat16 && g.device() == dev,
+        "rank {rank}: the gradient is {:?} on {:?}",
+        g.kind(),
+        g.device()
+    );
+    pg.all_reduce(&[g.shallow_clone()], ReduceOp::Sum)?;
+    let want = 8.0 * (world * (world + 1) / 2) as f64;
+    let got = values(&g);
+    ensure!(
+        got.iter().all(|v| *v == want),
+        "rank {rank}: bf16 gradient sum {:?}.. != {want}",
+        &got[..4]
+    );
+    let a = Tensor::full([1000], r1, (Kind::BFloat16, dev));
+    pg.all_reduce(&[a.shallow_clone()], ReduceOp::Avg)?;
+    let want = (world + 1) as f64 / 2.0;
+    ensure!(
+        values(&a).iter().all(|v| (v - want).abs() <= 1e-2 * want),
+        "rank {rank}: bf16 average {:?}.. != {want}",
+        &values(&a)[..4]
+    );
+    let b = Tensor::full([16], r1, (Kind::BFloat16, dev));
+    pg.broadcast(&[b.shallow_clone()], 0)?;
+    ensure!(
+        values(&b).iter().all(|v| *v == 1.0),
+        "rank {rank}: broadcast"
+    );
+    pg.barrier()?;
+    // 64 MiB of bf16: one warm-up, then the mean of 5.
+    let big = Tensor::ones([32 << 20], (Kind::BFloat16, dev));
+    pg.all_reduce(&[big.shallow_clone()], ReduceOp::Sum)?;
+    tch::Cuda::synchronize(env_index(dev));
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        pg.all_reduce(&[big.shallow_clone()], ReduceOp::Sum)?;
+    }
+    tch::Cuda::synchronize(env_index(dev));
+    let ms = t0.elapsed().as_secs_f64() * 1000.0 / 5.0;
+    pg.barrier()?;
+    println!(
+        "OK gpu rank {rank} of {world} ({launcher}, nccl, {dev:?}): bf16 gradient all-reduce \
+         sum and avg exact, broadcast, barrier; 64 MiB bf16 all-reduce {ms:.2} ms"
+    );
+    Ok(())
+}
+
+fn env_index(dev: tch::Device) -> i64 {
+    match dev {
+        tch::Device::Cuda(i) => i as i64,
+        _ => 0,
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let timeout = Duration::from_secs_f64(
@@ -107,6 +187,9 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(dist::DEFAULT_BUCKET_BYTES);
+    if args.get(1).map(String::as_str) == Some("gpu") {
+        return gpu(timeout);
+    }
     let pg = ProcessGroup::from_env(timeout)?.with_bucket_bytes(bucket);
     let rank = pg.rank();
     match args.get(1).map(String::as_str) {
@@ -138,7 +221,7 @@ fn main() -> Result<()> {
                 }
             }
         }
-        _ => bail!("usage: dist-selftest collectives | exit-early RANK"),
+        _ => bail!("usage: dist-selftest collectives | exit-early RANK | gpu"),
     }
     Ok(())
 }
