@@ -249,43 +249,56 @@ fn sft_two_ranks_equal_one_rank() {
 
 #[test]
 fn a_killed_rank_stops_the_other_with_an_error() {
-    let dir = scratch("dp-kill");
-    let cfg = sft_config(&dir, "run", true, 100_000);
     let timeout_s = 30.0;
-    let mut children = spawn_manual(
-        2,
-        &["sft", "--config", cfg.to_str().unwrap()],
-        &[("RECTHINKER_DIST_TIMEOUT_S", "30")],
-    );
-    // Rank 0 logs each step: wait for two.
-    let log = dir.join("run/metrics.jsonl");
-    let start = Instant::now();
-    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "no progress in 90 s"
+    // Rank 1, then rank 0 (which also serves the store in a launch by hand).
+    for victim in [1usize, 0] {
+        let dir = scratch("dp-kill");
+        let cfg = sft_config(&dir, "run", true, 100_000);
+        let mut children = spawn_manual(
+            2,
+            &["sft", "--config", cfg.to_str().unwrap()],
+            &[("RECTHINKER_DIST_TIMEOUT_S", "30")],
         );
-        std::thread::sleep(Duration::from_millis(100));
+        // Rank 0 logs each step: wait for two.
+        let log = dir.join("run/metrics.jsonl");
+        let start = Instant::now();
+        while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "no progress in 90 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut killed_child = children.remove(victim);
+        killed_child.kill().unwrap();
+        killed_child.wait().unwrap();
+        let killed = Instant::now();
+        let survivor = 1 - victim;
+        let (ok, out) = finish(children.remove(0), Duration::from_secs(120));
+        let secs = killed.elapsed().as_secs_f64();
+        assert!(
+            !ok,
+            "rank {survivor} succeeded after rank {victim} was killed:\n{out}"
+        );
+        assert!(
+            secs < timeout_s,
+            "rank {survivor} took {secs:.1} s to stop (timeout {timeout_s} s):\n{out}"
+        );
+        let error = out
+            .lines()
+            .find(|l| l.to_lowercase().starts_with("error"))
+            .unwrap_or_else(|| panic!("no error line:\n{out}"));
+        assert!(
+            out.contains(&format!("rank {victim}")),
+            "the error must name rank {victim}:\n{out}"
+        );
+        eprintln!("rank {survivor} stopped {secs:.1} s after rank {victim} was killed: {error}");
+        // The newest checkpoint loads.
+        let latest = trainer::checkpoint::latest(&dir.join("run/checkpoints"))
+            .unwrap()
+            .expect("a checkpoint");
+        assert!(!weights(&latest).is_empty());
     }
-    let mut victim = children.pop().unwrap();
-    victim.kill().unwrap();
-    victim.wait().unwrap();
-    let killed = Instant::now();
-    let survivor = children.pop().unwrap();
-    let (ok, out) = finish(survivor, Duration::from_secs(120));
-    let secs = killed.elapsed().as_secs_f64();
-    assert!(!ok, "rank 0 succeeded after rank 1 was killed:\n{out}");
-    assert!(
-        secs < timeout_s,
-        "rank 0 took {secs:.1} s to stop (timeout {timeout_s} s):\n{out}"
-    );
-    assert!(out.contains("rank 1"), "the error must name rank 1:\n{out}");
-    eprintln!("rank 0 stopped {secs:.1} s after rank 1 was killed");
-    // The newest checkpoint loads.
-    let latest = trainer::checkpoint::latest(&dir.join("run/checkpoints"))
-        .unwrap()
-        .expect("a checkpoint");
-    assert!(!weights(&latest).is_empty());
 }
 
 /// A GRPO config on real MovieLens-100k: 4 episodes x 3 samples per step (2 groups per
