@@ -27,10 +27,17 @@ pub fn init() {
 /// does). Measured on 2 cores: an SFT step 1.85x faster with 2 threads than with 1 (same
 /// losses), batch-16 decoding ~1.3x. Several processes (or parallel tests) sharing few cores
 /// oversubscribe them: set RECTHINKER_THREADS (the test suite sets 1 in .cargo/config.toml).
+/// Under torchrun, which starts LOCAL_WORLD_SIZE processes per machine, the default is
+/// that share of the cores.
 pub fn threads() -> i32 {
-    std::env::var("RECTHINKER_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<i32>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32))
+    let positive = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|&n| n > 0)
+    };
+    positive("RECTHINKER_THREADS").unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
+        (cores / positive("LOCAL_WORLD_SIZE").unwrap_or(1)).max(1)
+    })
 }
