@@ -122,10 +122,11 @@ pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
 }
 
 pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
-    tch::manual_seed(cfg.seed as i64); // LoRA adapters initialize from it
-                                       // Data parallel when launched as several processes (torchrun, srun): rank 0 owns the run
-                                       // directory (and reads the checkpoint on resume); every rank starts from its parameters
-                                       // and optimizer state.
+    // LoRA adapters initialize from the seed.
+    tch::manual_seed(cfg.seed as i64);
+    // Data parallel when launched as several processes (torchrun, srun): rank 0 owns the run
+    // directory (and reads the checkpoint on resume); every rank starts from its parameters
+    // and optimizer state.
     let dp = DataParallel::from_env()?;
     let run_dir = dp.run_dir(&cfg.run_dir);
     let device = dp.device(&cfg.device);
