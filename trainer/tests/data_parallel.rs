@@ -1,5 +1,6 @@
 //! Data-parallel SFT and GRPO (issue 12) as real processes on localhost over Gloo: 2 ranks
-//! launched by hand (rank 0 hosts the store) and by torchrun (its agent serves the store)
+//! launched by hand and with srun's variables (rank 0 hosts the store) and by torchrun (its
+//! agent serves the store)
 //! train the tiny model to the same parameters as 1 process with the same global batch; a
 //! rank killed mid-run makes the other exit with an error naming it, well within the
 //! timeout, and the last checkpoint stays loadable.
@@ -24,7 +25,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-const LAUNCH_VARS: [&str; 9] = [
+const LAUNCH_VARS: [&str; 10] = [
     "RANK",
     "WORLD_SIZE",
     "LOCAL_RANK",
@@ -32,6 +33,7 @@ const LAUNCH_VARS: [&str; 9] = [
     "MASTER_PORT",
     "SLURM_NTASKS",
     "SLURM_PROCID",
+    "SLURM_LOCALID",
     "TORCHELASTIC_USE_AGENT_STORE",
     "TORCHELASTIC_RUN_ID",
 ];
@@ -105,6 +107,32 @@ fn run_manual(world: usize, args: &[&str]) {
     for (r, c) in children.into_iter().enumerate() {
         let (ok, out) = finish(c, Duration::from_secs(120));
         assert!(ok, "rank {r} of {world}, {args:?}:\n{out}");
+    }
+}
+
+/// `world` ranks with the variables `srun` sets (SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID)
+/// and the MASTER_ADDR/MASTER_PORT a batch script exports; rank 0 hosts the store.
+fn run_slurm(world: usize, args: &[&str]) {
+    let port = free_port().to_string();
+    let children: Vec<Child> = (0..world)
+        .map(|r| {
+            plain()
+                .args(args)
+                .env("SLURM_NTASKS", world.to_string())
+                .env("SLURM_PROCID", r.to_string())
+                .env("SLURM_LOCALID", r.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (r, c) in children.into_iter().enumerate() {
+        let (ok, out) = finish(c, Duration::from_secs(120));
+        assert!(ok, "Slurm-style rank {r} of {world}, {args:?}:\n{out}");
+        if r == 0 {
+            assert!(out.contains("(slurm launch"), "{out}");
+        }
     }
 }
 
@@ -233,6 +261,16 @@ fn sft_two_ranks_equal_one_rank() {
         let start = weights(&ckpt(&dir, &one, 1));
         assert!(max_rel_diff(&weights(&ckpt(&dir, &one, 2)), &start) > 1e-3);
     }
+    // Slurm's variables (rank 0 hosts the store).
+    let sl = sft_config(&dir, "slurm", false, 2);
+    run_slurm(2, &["sft", "--config", sl.to_str().unwrap()]);
+    assert_equal_runs(
+        &dir,
+        "one-full",
+        "slurm",
+        2,
+        "SFT full, 2 ranks as srun starts them",
+    );
     // torchrun (agent store), and a resume on another world size: 2 ranks for step 1, then
     // 1 process for step 2, as the uninterrupted single process.
     let tr = sft_config(&dir, "torchrun", true, 2);
