@@ -35,6 +35,8 @@ pub struct DataParallel {
     pg: ProcessGroup,
     /// Seconds spent in gradient all-reduces (for the benchmark and the metrics).
     reduce_seconds: std::cell::Cell<f64>,
+    /// A non-main rank's scratch run directory, removed on drop (an error ends the run too).
+    scratch: std::cell::RefCell<Option<PathBuf>>,
 }
 
 /// The contiguous, balanced slice of `n` items that rank `rank` of `world` takes: the first
@@ -79,6 +81,7 @@ impl DataParallel {
         Self {
             pg: ProcessGroup::single(),
             reduce_seconds: std::cell::Cell::new(0.0),
+            scratch: std::cell::RefCell::new(None),
         }
     }
 
@@ -102,6 +105,7 @@ impl DataParallel {
         Ok(Self {
             pg,
             reduce_seconds: std::cell::Cell::new(0.0),
+            scratch: std::cell::RefCell::new(None),
         })
     }
 
@@ -135,23 +139,25 @@ impl DataParallel {
     }
 
     /// Where this rank's run directory is: the configured one on rank 0; on the others a
-    /// scratch directory under the system's temp dir (their config copy and empty logs go
-    /// there, never into the shared run directory).
+    /// scratch directory under the system's temp dir (their config copy and logs go there,
+    /// never into the shared run directory), removed when `self` drops.
     pub fn run_dir(&self, configured: &Path) -> PathBuf {
         if self.is_main() {
             return configured.to_path_buf();
         }
-        std::env::temp_dir().join(format!(
+        let dir = std::env::temp_dir().join(format!(
             "recthinker-rank{}-{}",
             self.rank(),
             std::process::id()
-        ))
+        ));
+        *self.scratch.borrow_mut() = Some(dir.clone());
+        dir
     }
 
-    /// Removes a non-main rank's scratch run directory (best effort).
-    pub fn cleanup(&self, configured: &Path) {
-        if !self.is_main() {
-            let _ = std::fs::remove_dir_all(self.run_dir(configured));
+    /// Removes a non-main rank's scratch run directory (best effort; also done on drop).
+    pub fn cleanup(&self, _configured: &Path) {
+        if let Some(dir) = self.scratch.borrow_mut().take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
@@ -277,6 +283,12 @@ impl DataParallel {
     /// Seconds spent in gradient all-reduces so far, and resets the count.
     pub fn take_reduce_seconds(&self) -> f64 {
         self.reduce_seconds.replace(0.0)
+    }
+}
+
+impl Drop for DataParallel {
+    fn drop(&mut self) {
+        self.cleanup(Path::new(""));
     }
 }
 
