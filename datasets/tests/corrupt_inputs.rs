@@ -713,9 +713,11 @@ fn random_damage_never_panics() {
 // ---------------------------------------------------------------------------------------
 // The HDF5 store: whole-file damage, other formats and schema versions, failed writes.
 
-fn small_prepared() -> Prepared {
+/// `tag` names the scratch copy of the source files: tests run in parallel, and two of
+/// them sharing one directory delete it under each other.
+fn small_prepared(tag: &str) -> Prepared {
     let fx = fixtures();
-    let w = Written::new(&fx[1], "store-src");
+    let w = Written::new(&fx[1], &format!("{tag}-src"));
     let raw = read_raw("ml-100k", Some(&w.dir)).expect("the GroupLens fixture reads");
     prepare(
         &raw,
@@ -751,7 +753,7 @@ fn strays(dir: &Path, keep: &[&str]) -> Vec<String> {
 fn damaged_and_foreign_stores_are_refused_naming_the_file() {
     let started = std::time::Instant::now();
     let dir = scratch("store");
-    let p = small_prepared();
+    let p = small_prepared("store");
     let good = dir.join("good.h5");
     write_store(&good, &p);
     assert_eq!(open_and_read(&good).expect("a good store reads"), p);
@@ -889,7 +891,7 @@ fn damaged_and_foreign_stores_are_refused_naming_the_file() {
 #[test]
 fn a_failed_store_write_leaves_nothing_behind() {
     let dir = scratch("writer");
-    let p = small_prepared();
+    let p = small_prepared("writer");
     let out = dir.join("out.h5");
     {
         let w = Writer::create(&out).expect("create");
