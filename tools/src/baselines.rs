@@ -14,6 +14,8 @@ pub enum Method {
     ItemKnn,
     Bpr,
     SasRec,
+    /// EASE (`models::ease`), fit on the horizon's sequences.
+    Ease,
     /// The collaborative evidence fused as `rank_candidates` does (`fusion.rs`; weights fit
     /// on training episodes): the ranking an agent gets by copying that tool.
     Fusion(Preset),
@@ -30,6 +32,7 @@ impl Method {
             "itemknn" => Self::ItemKnn,
             "bpr" => Self::Bpr,
             "sasrec" => Self::SasRec,
+            "ease" => Self::Ease,
             "fusion:adaptive" => Self::FusionAdaptive,
             o => match o.strip_prefix("fusion").map(|p| p.trim_start_matches(':')) {
                 Some("") => Self::Fusion(Preset::All),
@@ -37,17 +40,18 @@ impl Method {
                     format!("--method `{o}`: expected fusion:all|collaborative|sequential|popular|adaptive")
                 })?),
                 None => bail!(
-                    "--method `{o}`: expected random, pop, itemknn, bpr, sasrec or fusion[:preset]"
+                    "--method `{o}`: expected random, pop, itemknn, bpr, sasrec, ease or fusion[:preset]"
                 ),
             },
         })
     }
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Self::Random,
         Self::Pop,
         Self::ItemKnn,
         Self::Bpr,
         Self::SasRec,
+        Self::Ease,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +60,7 @@ impl Method {
             Self::ItemKnn => "itemknn",
             Self::Bpr => "bpr",
             Self::SasRec => "sasrec",
+            Self::Ease => "ease",
             Self::Fusion(Preset::All) => "fusion",
             Self::Fusion(Preset::Collaborative) => "fusion:collaborative",
             Self::Fusion(Preset::Sequential) => "fusion:sequential",
@@ -95,6 +100,14 @@ pub fn scores(w: &World, e: &Episode, method: Method, rng: &mut StdRng) -> Vec<f
             let items: Vec<u32> = history.iter().map(|h| h.item).collect();
             k.models
                 .sasrec
+                .score(&items, &e.candidates)
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        }
+        Method::Ease => {
+            let items: Vec<u32> = history.iter().map(|h| h.item).collect();
+            k.ease()
                 .score(&items, &e.candidates)
                 .into_iter()
                 .map(f64::from)

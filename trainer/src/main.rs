@@ -66,7 +66,7 @@ enum Command {
     Tools(cmd_tool::ToolsArgs),
     /// An OpenAI-compatible chat-completions server for a model (`/v1/chat/completions`).
     Serve(trainer::serve::Args),
-    /// Evaluate a classical recommender (random, pop, itemknn, bpr, sasrec).
+    /// Evaluate a classical recommender (random, pop, itemknn, bpr, sasrec, ease) or the fused evidence.
     Baseline(cmd_tool::BaselineArgs),
     /// Run the agent on evaluation episodes; report NDCG, validity, tool use, throughput.
     Eval(cmd_eval::Args),

@@ -4,6 +4,7 @@
 
 pub mod bpr;
 pub mod cooc;
+pub mod ease;
 pub mod sasrec;
 pub mod userknn;
 
