@@ -313,6 +313,9 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         let batch_rows = totals.rows;
         line["groups_kept"] = serde_json::json!(counts[0] as usize);
         line["rows_trained"] = serde_json::json!(batch_rows);
+        line["pad_fraction"] = serde_json::json!(crate::train_common::pad_fraction(
+            micro.iter().map(|mb| mb.positions)
+        ));
         debug_phase(step + 1, "train");
         let t_train = Instant::now();
         let (mut kl, mut clip, mut entropy, mut loss_sum, mut lr) = (0.0, 0.0, 0.0, 0.0, 0.0);

@@ -7,7 +7,7 @@
 use crate::algos::RolloutCorrection;
 use crate::logprobs::{group_token_logprobs, token_logprobs, TokenLogprobs};
 use crate::losses::{grpo_loss, GrpoLossConfig};
-use crate::train_common::pad_rows;
+use crate::train_common::{pad_rows, positions};
 use lm::Model;
 use rollout::AgentRow;
 use tch::{Device, Kind, Tensor};
@@ -30,6 +30,8 @@ pub struct MicroBatch {
     /// The engine's log-probs of the sampled tokens, aligned with `score_mask` (only when a
     /// rollout correction needs them).
     pub rollout_lp: Option<Tensor>,
+    /// (real, computed) token positions (`train_common::positions`): the padding it carries.
+    pub positions: (usize, usize),
 }
 
 /// Rows of floats padded with 0 into [rows, T] (T the longest row).
@@ -105,9 +107,16 @@ pub fn micro_batches(
             input: TrainInput::Rows { ids, mask },
             advantages: advantages(chunk),
             rollout_lp,
+            positions: positions(chunk.iter().map(|(r, _)| r.ids.len())),
         }
     };
     if !share_prompt {
+        // Rows of similar length share a micro-batch (longest first): less padding, and the
+        // loss does not depend on the order (`micro_batch_weight`).
+        let mut train = train;
+        if micro_batch > 1 {
+            train.sort_by_key(|(r, _)| std::cmp::Reverse(r.ids.len()));
+        }
         return train.chunks(micro_batch.max(1)).map(full_rows).collect();
     }
     train
@@ -131,8 +140,10 @@ pub fn micro_batches(
                 let lps: Vec<&[f32]> = group.iter().map(|(r, _)| &r.logprobs[p..]).collect();
                 pad_floats(&lps, device)
             });
+            let (real, computed) = positions(group.iter().map(|(r, _)| r.ids.len() - p));
             MicroBatch {
                 rollout_lp,
+                positions: (p + real, p + computed),
                 input: TrainInput::Shared {
                     prompt: Tensor::from_slice(prompt).to_device(device),
                     rest,

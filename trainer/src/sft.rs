@@ -7,7 +7,7 @@ use crate::logprobs::token_logprobs;
 use crate::losses::sft_loss;
 use crate::optim::{lr_at, NonFinite, OptimConfig};
 use crate::sequence::{tokenize_conversation, TokenSequence};
-use crate::train_common::{batch_indices, pad_rows, RunSpec, Trainee};
+use crate::train_common::{batch_indices, pad_fraction, pad_rows, positions, RunSpec, Trainee};
 use anyhow::{bail, Context, Result};
 use lm::chat::Message;
 use lm::lora::LoraConfig;
@@ -171,8 +171,16 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
             .map(|s| s.mask[1..].iter().filter(|&&m| m == 1).count())
             .sum();
         let mut loss_sum = 0.0;
-        // This rank's rows (all of them in one process).
-        for micro in batch[dp.shard(batch.len())].chunks(cfg.micro_batch.max(1)) {
+        // This rank's rows (all of them in one process). Several rows to a micro-batch: the
+        // longest first, so rows of similar length are padded together (the loss is a sum
+        // over tokens, so the order does not change it).
+        let mut mine: Vec<&TokenSequence> = batch[dp.shard(batch.len())].to_vec();
+        if cfg.micro_batch > 1 {
+            mine.sort_by_key(|s| std::cmp::Reverse(s.ids.len()));
+        }
+        let mut pads = Vec::new();
+        for micro in mine.chunks(cfg.micro_batch.max(1)) {
+            pads.push(positions(micro.iter().map(|s| s.ids.len())));
             let (ids, mask) = pad(micro, tr.device);
             let lp = lm::autocast::with(autocast, || token_logprobs(&tr.policy.model, &ids, &mask));
             let t = mask.size()[1];
@@ -196,7 +204,7 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
             None => f64::NAN,
         };
         tr.opt.zero_grad();
-        let mut line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "seconds": t0.elapsed().as_secs_f64()});
+        let mut line = serde_json::json!({"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "pad_fraction": pad_fraction(pads.into_iter()), "seconds": t0.elapsed().as_secs_f64()});
         if dp.is_distributed() {
             line["allreduce_seconds"] = serde_json::json!(dp.take_reduce_seconds());
         }

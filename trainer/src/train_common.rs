@@ -357,6 +357,28 @@ pub fn batch_indices(n: usize, seed: u64, step: usize, batch: usize) -> Vec<usiz
         .collect()
 }
 
+/// (real, computed) token positions of rows of these lengths right-padded to the longest:
+/// what a step logs as `pad_fraction` = 1 - real / computed.
+pub fn positions(lens: impl Iterator<Item = usize>) -> (usize, usize) {
+    let (mut n, mut sum, mut max) = (0, 0, 0);
+    for l in lens {
+        n += 1;
+        sum += l;
+        max = max.max(l);
+    }
+    (sum, n * max)
+}
+
+/// 1 - real / computed over micro-batches' `positions` (0 when nothing was computed).
+pub fn pad_fraction(parts: impl Iterator<Item = (usize, usize)>) -> f64 {
+    let (real, computed) = parts.fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    if computed == 0 {
+        0.0
+    } else {
+        1.0 - real as f64 / computed as f64
+    }
+}
+
 /// Right-pads (ids, mask) rows with 0 into [rows, longest] tensors.
 pub fn pad_rows(rows: &[(&[i64], &[u8])], device: Device) -> (Tensor, Tensor) {
     let t = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1);

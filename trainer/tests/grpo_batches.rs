@@ -103,6 +103,12 @@ fn shared_prompt_batches_train_like_full_rows() {
         let (full, g_full, n_full) = pass(model, &rows, &adv, false, &cfg);
         let (shared, g_shared, n_shared) = pass(model, &rows, &adv, true, &cfg);
         assert_eq!((n_full, n_shared), (3, 2), "5 rows in pairs vs 2 groups");
+        // Full rows are paired longest first (11+9, 8+7, 4 tokens): 39 real positions of 42
+        // computed, where the episode order (11+8, 9+7, 4) computes 44.
+        let pads: (usize, usize) = micro_batches(&rows, &adv, false, 2, false, Device::Cpu)
+            .iter()
+            .fold((0, 0), |a, mb| (a.0 + mb.positions.0, a.1 + mb.positions.1));
+        assert_eq!(pads, (39, 42));
         for (a, b) in [
             (full.loss, shared.loss),
             (full.kl, shared.kl),
