@@ -19,6 +19,7 @@
 //! rank stops with an error naming it.
 
 use crate::optim::AdamW;
+use crate::train_common::{RunSpec, Trainee};
 use anyhow::{bail, Context, Result};
 use dist::{ProcessGroup, ReduceOp};
 use std::ops::Range;
@@ -159,6 +160,28 @@ impl DataParallel {
         if let Some(dir) = self.scratch.borrow_mut().take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+
+    /// Joins the process group if launched as several processes (torchrun, srun; else a
+    /// world of one) and starts the run from `spec`: rank 0 owns the run directory (and reads
+    /// the checkpoint on resume), each rank takes its device, and every rank starts from
+    /// rank 0's parameters, optimizer state and step (`sync_start`).
+    pub fn start_run(
+        spec: &RunSpec,
+        resolved_config: &impl serde::Serialize,
+        resume: bool,
+    ) -> Result<(Self, Trainee)> {
+        let dp = Self::from_env()?;
+        let run_dir = dp.run_dir(spec.run_dir);
+        let device = dp.device(spec.device);
+        let spec = RunSpec {
+            run_dir: &run_dir,
+            device: &device,
+            ..*spec
+        };
+        let mut tr = Trainee::start(&spec, resolved_config, resume && dp.is_main())?;
+        tr.start = dp.sync_start(&mut tr.opt, tr.start)?;
+        Ok((dp, tr))
     }
 
     /// After every rank has built its model and optimizer (rank 0 alone having read a

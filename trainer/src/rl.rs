@@ -9,7 +9,7 @@ use crate::evaluate::validate;
 use crate::losses::GrpoLossConfig;
 use crate::optim::{lr_at, NonFinite, OptimConfig};
 use crate::rl_batch::{accumulate_gradients_of, batch_totals, micro_batches, BatchTotals, Fixed};
-use crate::train_common::{batch_indices, debug_phase, RunSpec, Trainee};
+use crate::train_common::{batch_indices, debug_phase, RunSpec};
 use crate::trajectory::score;
 use anyhow::{bail, Context, Result};
 use datasets::{Episode, Split};
@@ -174,18 +174,8 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
     let world = tools::world::load(&cfg.data)?;
     let registry = tools::suite::standard(cfg.agent.tool_max_chars);
     // Data parallel when launched as several processes (torchrun, srun): each rank rolls out
-    // its groups; rank 0 owns the run directory (and reads the checkpoint on resume); every
-    // rank starts from its parameters and optimizer state.
-    let dp = DataParallel::from_env()?;
-    let run_dir = dp.run_dir(&cfg.run_dir);
-    let device = dp.device(&cfg.device);
-    let spec = RunSpec {
-        run_dir: &run_dir,
-        device: &device,
-        ..cfg.run_spec()
-    };
-    let mut tr = Trainee::start(&spec, cfg, resume && dp.is_main())?;
-    tr.start = dp.sync_start(&mut tr.opt, tr.start)?;
+    // its groups.
+    let (dp, mut tr) = DataParallel::start_run(&cfg.run_spec(), cfg, resume)?;
     let reference = if cfg.loss.beta > 0.0 {
         Some(Policy::load(&cfg.model, tr.device, tr.kind)?)
     } else {

@@ -7,7 +7,7 @@ use crate::logprobs::token_logprobs;
 use crate::losses::sft_loss;
 use crate::optim::{lr_at, NonFinite, OptimConfig};
 use crate::sequence::{tokenize_conversation, TokenSequence};
-use crate::train_common::{batch_indices, pad_fraction, pad_rows, positions, RunSpec, Trainee};
+use crate::train_common::{batch_indices, pad_fraction, pad_rows, positions, RunSpec};
 use anyhow::{bail, Context, Result};
 use lm::chat::Message;
 use lm::lora::LoraConfig;
@@ -124,19 +124,8 @@ pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
 pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
     // LoRA adapters initialize from the seed.
     tch::manual_seed(cfg.seed as i64);
-    // Data parallel when launched as several processes (torchrun, srun): rank 0 owns the run
-    // directory (and reads the checkpoint on resume); every rank starts from its parameters
-    // and optimizer state.
-    let dp = DataParallel::from_env()?;
-    let run_dir = dp.run_dir(&cfg.run_dir);
-    let device = dp.device(&cfg.device);
-    let spec = RunSpec {
-        run_dir: &run_dir,
-        device: &device,
-        ..cfg.run_spec()
-    };
-    let mut tr = Trainee::start(&spec, cfg, resume && dp.is_main())?;
-    tr.start = dp.sync_start(&mut tr.opt, tr.start)?;
+    // Data parallel when launched as several processes (torchrun, srun).
+    let (dp, mut tr) = DataParallel::start_run(&cfg.run_spec(), cfg, resume)?;
     let examples = load_examples(cfg, &tr.policy)?;
     let val_world = match (&cfg.eval_data, cfg.eval_every) {
         (Some(_), n) if n > 0 && !dp.is_main() => None, // rank 0 validates
