@@ -114,10 +114,8 @@ async fn not_found(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let _ = read_body(&headers, body, app.max_body_bytes).await;
-    app.stats.invalid.fetch_add(1, Ordering::Relaxed);
-    let e = ApiError::body(format!("Invalid URL ({method} {})", uri.path()));
-    error_response(&e.with_status(404, "not_found"))
+    let msg = format!("Invalid URL ({method} {})", uri.path());
+    refuse(&app, &headers, body, msg, 404, "not_found").await
 }
 
 async fn method_not_allowed(
@@ -127,10 +125,23 @@ async fn method_not_allowed(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let _ = read_body(&headers, body, app.max_body_bytes).await;
+    let msg = format!("{method} is not allowed on {}", uri.path());
+    refuse(&app, &headers, body, msg, 405, "method_not_allowed").await
+}
+
+/// Reads (and drops) the body so the connection stays usable, counts the request as
+/// invalid, and answers with the error.
+async fn refuse(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+    msg: String,
+    status: u16,
+    code: &'static str,
+) -> Response {
+    let _ = read_body(headers, body, app.max_body_bytes).await;
     app.stats.invalid.fetch_add(1, Ordering::Relaxed);
-    let e = ApiError::body(format!("{method} is not allowed on {}", uri.path()));
-    error_response(&e.with_status(405, "method_not_allowed"))
+    error_response(&ApiError::body(msg).with_status(status, code))
 }
 
 async fn chat(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
