@@ -14,6 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${STEPS:-3} BATCH=${BATCH:-4} MICRO=${MICRO:-1} MAX_LEN=${MAX_LEN:-1536}
 THREADS=${RECTHINKER_THREADS:-$(nproc)} SEED=${SEED:-0}
+# f32, or bf16: autocast on both sides (ours `autocast = "bf16"`, TRL `bf16=True`); weights,
+# gradients and optimizer state stay f32 on both.
+PRECISION=${PRECISION:-f32}
+case $PRECISION in f32) AUTOCAST=off;; bf16) AUTOCAST=bf16;; *) echo "PRECISION=$PRECISION: expected f32 or bf16" >&2; exit 2;; esac
 BIN=${BIN:-target/release/recthinker}
 PY=.venv/bin/python
 MODEL=${MODEL:-checkpoints/base/SmolLM2-135M-Instruct}
@@ -71,6 +75,7 @@ max_len = $MAX_LEN
 save_every = 1000000
 keep_checkpoints = 1
 eval_every = 0
+autocast = "$AUTOCAST"
 [lora]
 rank = 32
 alpha = 64.0
@@ -84,11 +89,11 @@ max_grad_norm = 1.0
 TOML
 peak "$WORK/ours.rss" "$BIN" sft --config "$WORK/sft.toml" 2>"$WORK/ours.err" || { cat "$WORK/ours.err"; exit 1; }
 peak "$WORK/trl.rss" "$PY" scripts/bench/trl_sft.py --model "$MODEL" --train-file "$TRAIN_FILE" \
-  --steps $((STEPS + 1)) --batch $BATCH --micro $MICRO --max-len $MAX_LEN --seed $SEED --threads $THREADS \
+  --steps $((STEPS + 1)) --batch $BATCH --micro $MICRO --max-len $MAX_LEN --seed $SEED --threads $THREADS --precision $PRECISION \
   --out-dir "$WORK/trl" >"$WORK/trl.out" 2>"$WORK/trl.err" || { tail -30 "$WORK/trl.err"; exit 1; }
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(env -u OMP_NUM_THREADS nproc) cores, threads=$THREADS"
-echo "settings: $(basename "$MODEL"), LoRA r32 alpha 64 (q,k,v,o,gate,up,down), f32, batch $BATCH, micro-batch $MICRO, max_len $MAX_LEN, $STEPS timed steps after 1 warm-up, $(basename "$TRAIN_FILE") ($(grep -c . "$TRAIN_FILE") conversations, seed $SEED)"
+echo "settings: $(basename "$MODEL"), LoRA r32 alpha 64 (q,k,v,o,gate,up,down), $PRECISION, batch $BATCH, micro-batch $MICRO, max_len $MAX_LEN, $STEPS timed steps after 1 warm-up, $(basename "$TRAIN_FILE") ($(grep -c . "$TRAIN_FILE") conversations, seed $SEED)"
 echo "trl $("$PY" -c 'import trl; print(trl.__version__)'), peft $("$PY" -c 'import peft; print(peft.__version__)'), torch $("$PY" -c 'import torch; print(torch.__version__)')"
 "$PY" - "$WORK/run/metrics.jsonl" "$WORK/trl.out" "$WORK/ours.rss" "$WORK/trl.rss" "$WORK/ours.err" <<'PY'
 import json, re, sys

@@ -36,6 +36,7 @@ ap.add_argument("--alpha", type=float, default=64.0)
 ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
 ap.add_argument("--lr", type=float, default=1e-3)
 ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--precision", choices=["f32", "bf16"], default="f32", help="bf16: the Trainer's autocast (weights stay f32)")
 ap.add_argument("--gradient-checkpointing", action="store_true", help="SFTConfig's default; off here as ours does not recompute")
 ap.add_argument("--out-dir", default="/tmp/trl-sft-bench")
 a = ap.parse_args()
@@ -57,7 +58,7 @@ model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
 cfg = SFTConfig(
     output_dir=a.out_dir, max_steps=a.steps, per_device_train_batch_size=a.micro,
     gradient_accumulation_steps=a.batch // a.micro, learning_rate=a.lr, lr_scheduler_type="constant",
-    weight_decay=0.0, max_grad_norm=1.0, warmup_steps=0, use_cpu=True, bf16=False, fp16=False,
+    weight_decay=0.0, max_grad_norm=1.0, warmup_steps=0, use_cpu=True, bf16=a.precision == "bf16", fp16=False,
     gradient_checkpointing=a.gradient_checkpointing, max_length=a.max_len, assistant_only_loss=True,
     packing=False, padding_free=False, train_sampling_strategy="sequential", dataloader_num_workers=0,
     report_to=[], save_strategy="no", logging_steps=1, seed=a.seed, disable_tqdm=True,
