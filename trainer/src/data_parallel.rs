@@ -184,6 +184,29 @@ impl DataParallel {
         Ok((dp, tr))
     }
 
+    /// The end of a step, the same for SFT and GRPO: its metrics line logged, a checkpoint
+    /// when one is due (written by rank 0, every rank waiting for it), and its validation
+    /// NDCG@10 (`val_ndcg@10`) recorded for `export --select best`.
+    pub fn end_step(
+        &self,
+        tr: &mut Trainee,
+        steps_done: usize,
+        line: &serde_json::Value,
+    ) -> Result<()> {
+        tr.run.log(line)?;
+        if tr.checkpoint_due(steps_done) {
+            if self.is_main() {
+                tr.save_checkpoint(steps_done)?;
+                tr.run.redraw_plots();
+            }
+            self.barrier("checkpoint")?;
+        }
+        if let Some(v) = line["val_ndcg@10"].as_f64() {
+            tr.record_validation(steps_done, v)?;
+        }
+        Ok(())
+    }
+
     /// After every rank has built its model and optimizer (rank 0 alone having read a
     /// checkpoint on resume): rank 0's parameters, optimizer moments and step and its start
     /// step go to every rank. Returns the start step. Checks that every rank has the same

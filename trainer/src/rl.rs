@@ -406,19 +406,9 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
             line["val_tool_calls"] = serde_json::json!(v.mean_tool_calls());
             line["val_seconds"] = serde_json::json!(t_val.elapsed().as_secs_f64());
         }
-        tr.run.log(&line)?;
+        dp.end_step(&mut tr, step + 1, &line)?;
         bar.set_message(crate::run_dir::summary(&line, &GRPO_SHOWN));
         bar.inc(1);
-        if tr.checkpoint_due(step + 1) {
-            if dp.is_main() {
-                tr.save_checkpoint(step + 1)?;
-                tr.run.redraw_plots();
-            }
-            dp.barrier("checkpoint")?;
-        }
-        if let Some(v) = line["val_ndcg@10"].as_f64() {
-            tr.record_validation(step + 1, v)?;
-        }
     }
     bar.finish();
     dp.cleanup(&cfg.run_dir);

@@ -208,22 +208,12 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
                 line["val_tool_calls"] = serde_json::json!(v.mean_tool_calls());
             }
         }
-        tr.run.log(&line)?;
+        dp.end_step(&mut tr, step + 1, &line)?;
         bar.set_message(crate::run_dir::summary(
             &line,
             &["loss", "lr", "val_ndcg@10"],
         ));
         bar.inc(1);
-        if tr.checkpoint_due(step + 1) {
-            if dp.is_main() {
-                tr.save_checkpoint(step + 1)?;
-                tr.run.redraw_plots();
-            }
-            dp.barrier("checkpoint")?;
-        }
-        if let Some(v) = line["val_ndcg@10"].as_f64() {
-            tr.record_validation(step + 1, v)?;
-        }
     }
     bar.finish();
     dp.cleanup(&cfg.run_dir);
