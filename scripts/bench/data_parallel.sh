@@ -25,24 +25,8 @@ TARGETS='"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 [ -x "$BIN" ] || cargo build --release -p trainer
-if [ ! -f "$TRAIN_FILE" ]; then
-  [ -f "$DATA" ] || "$BIN" data prepare --out "$DATA"
-  TRAIN_FILE=$WORK/sft.jsonl
-  cat > "$WORK/synth.toml" <<TOML
-data = "$DATA"
-out = "$TRAIN_FILE"
-teacher = "scripted"
-split = "train"
-limit_episodes = 64
-min_ndcg = 0.6
-seed = 0
-[agent]
-prompt_history_len = 5
-max_turns = 6
-tool_max_chars = 1200
-TOML
-  "$BIN" synth --config "$WORK/synth.toml" >/dev/null 2>&1
-fi
+. scripts/bench/sft_common.sh
+ensure_train_file
 
 config() {
   cat > "$WORK/$1.toml" <<TOML

@@ -33,24 +33,8 @@ import trl
 if not trl.__version__.startswith("1.16."):
     print(f"note: trl {trl.__version__} (the benchmark was written against 1.16.x)")
 PY
-if [ ! -f "$TRAIN_FILE" ]; then
-  [ -f "$DATA" ] || "$BIN" data prepare --out "$DATA"
-  TRAIN_FILE=$WORK/sft.jsonl
-  cat > "$WORK/synth.toml" <<TOML
-data = "$DATA"
-out = "$TRAIN_FILE"
-teacher = "scripted"
-split = "train"
-limit_episodes = 64
-min_ndcg = 0.6
-seed = 0
-[agent]
-prompt_history_len = 5
-max_turns = 6
-tool_max_chars = 1200
-TOML
-  "$BIN" synth --config "$WORK/synth.toml" >/dev/null 2>&1
-fi
+. scripts/bench/sft_common.sh
+ensure_train_file
 export RECTHINKER_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
 
 # Peak resident memory of a command (its largest process), KiB, into $1.
