@@ -484,17 +484,6 @@ fn world_of(d: Prepared) -> World {
     World::train(d, &opts).expect("training on the synthetic dataset")
 }
 
-/// Every user's held-out event at `from_end` (1 = test, 2 = validation) replaced by item 0.
-fn with_held_out_replaced(d: &Prepared, from_end: usize) -> Prepared {
-    let mut d = d.clone();
-    for seq in &mut d.sequences {
-        let n = seq.len();
-        seq[n - from_end].item = 0;
-        seq[n - from_end].rating = 1.0;
-    }
-    d
-}
-
 struct Env {
     tok: Tokenizer,
     /// SmolLM2's template (no tool-response tags), Qwen2.5's and Qwen3's (they add them).
@@ -529,8 +518,8 @@ fn env() -> &'static Env {
             tok,
             chats,
             base: world_of(d.clone()),
-            alt_test: world_of(with_held_out_replaced(d, 1)),
-            alt_valid: world_of(with_held_out_replaced(d, 2)),
+            alt_test: world_of(testkit::synthetic::with_held_out_replaced(d, 1)),
+            alt_valid: world_of(testkit::synthetic::with_held_out_replaced(d, 2)),
         }
     })
 }

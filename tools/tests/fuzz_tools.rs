@@ -72,18 +72,6 @@ fn world_of(d: Prepared) -> World {
     World::train(d, &opts).expect("training on the synthetic dataset")
 }
 
-/// The held-out event at `from_end` (1 = test, 2 = validation) of every user replaced by
-/// item 0 rated 1, as in `leakage.rs`.
-fn with_held_out_replaced(d: &Prepared, from_end: usize) -> Prepared {
-    let mut d = d.clone();
-    for seq in &mut d.sequences {
-        let n = seq.len();
-        seq[n - from_end].item = 0;
-        seq[n - from_end].rating = 1.0;
-    }
-    d
-}
-
 /// One training episode per user of fold `fold` (`leakage.rs`'s rotation over positions).
 fn chosen_training_episodes(d: &Prepared, fold: usize) -> Vec<usize> {
     let mut per_user: Vec<Vec<usize>> = vec![Vec::new(); d.users.len()];
@@ -138,8 +126,8 @@ fn worlds() -> &'static Worlds {
             .collect();
         Worlds {
             base: world_of(d.clone()),
-            alt_test: world_of(with_held_out_replaced(d, 1)),
-            alt_valid: world_of(with_held_out_replaced(d, 2)),
+            alt_test: world_of(testkit::synthetic::with_held_out_replaced(d, 1)),
+            alt_valid: world_of(testkit::synthetic::with_held_out_replaced(d, 2)),
             alt_train,
         }
     })

@@ -70,24 +70,11 @@ fn outputs_of(w: &World, episodes: &[&Episode]) -> Vec<String> {
     out
 }
 
-/// A copy of the data where the held-out event at `from_end` (1 = test, 2 = validation) of
-/// every user points at one other item, rated 1: any output that read them would change.
-fn with_held_out_replaced(d: &Prepared, from_end: usize) -> Prepared {
-    let mut d = d.clone();
-    let ghost = 0;
-    for seq in &mut d.sequences {
-        let n = seq.len();
-        seq[n - from_end].item = ghost;
-        seq[n - from_end].rating = 1.0;
-    }
-    d
-}
-
 #[test]
 fn tool_outputs_do_not_depend_on_held_out_interactions() {
     let base = world();
     for (split, from_end) in [(Split::Valid, 2), (Split::Test, 1)] {
-        let alt = world_of(with_held_out_replaced(data(), from_end));
+        let alt = world_of(testkit::synthetic::with_held_out_replaced(data(), from_end));
         let (a, b) = (all_outputs(base, split), all_outputs(&alt, split));
         assert_eq!(a.len(), b.len());
         if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
