@@ -302,6 +302,17 @@ impl<'a> EpisodeView<'a> {
     }
 }
 
+/// Writes `w` as `data prepare` does: the prepared data and both horizons' models, in one
+/// HDF5 file that appears only when complete (`Writer`). `load` reads it back.
+pub fn save(w: &World, path: &std::path::Path) -> anyhow::Result<()> {
+    let writer = datasets::store::Writer::create(path)?;
+    datasets::store::write_prepared(&writer, &w.data)?;
+    for h in Horizon::ALL {
+        w.knowledge(h).models.save(&writer, h.group())?;
+    }
+    writer.finish()
+}
+
 /// Opens a prepared HDF5 file with both horizons' stored models.
 pub fn load(path: &std::path::Path) -> anyhow::Result<World> {
     let r = datasets::store::Reader::open(path)?;

@@ -7,13 +7,12 @@
 //!
 //! Case counts are printed (`cargo test -p tools --test corrupt_store -- --nocapture`).
 
-use datasets::store::{write_prepared, Writer};
 use datasets::{prepare, PrepareConfig};
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor, VarLenUnicode};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use tools::models::TrainOptions;
-use tools::{EpisodeView, Horizon, World};
+use tools::{EpisodeView, World};
 
 fn scratch() -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,15 +45,7 @@ fn write_store(path: &Path) -> World {
         progress: false,
     };
     let w = World::train(d, &opts).expect("train");
-    let writer = Writer::create(path).expect("create");
-    write_prepared(&writer, &w.data).expect("write data");
-    for h in Horizon::ALL {
-        w.knowledge(h)
-            .models
-            .save(&writer, h.group())
-            .expect("write models");
-    }
-    writer.finish().expect("finish");
+    tools::world::save(&w, path).expect("writing the store");
     w
 }
 

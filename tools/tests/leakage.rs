@@ -216,12 +216,7 @@ fn bad_calls_become_error_observations() {
 fn store_round_trips_data_and_models() {
     let w = world();
     let path = std::env::temp_dir().join(format!("recthinker-store-{}.h5", std::process::id()));
-    let writer = Writer::create(&path).unwrap();
-    write_prepared(&writer, &w.data).unwrap();
-    for h in Horizon::ALL {
-        w.knowledge(h).models.save(&writer, h.group()).unwrap();
-    }
-    writer.finish().unwrap();
+    tools::world::save(w, &path).unwrap();
     let r = Reader::open(&path).unwrap();
     assert_eq!(&read_prepared(&r).unwrap(), &w.data);
     let loaded = tools::world::load(&path).unwrap();

@@ -13,7 +13,6 @@
 //! Faults are injected through two test-only variables (trainer/src/train_common.rs):
 //! `RECTHINKER_DEBUG_NONFINITE` and `RECTHINKER_DEBUG_PHASES`.
 
-use datasets::store::{write_prepared, Writer};
 use datasets::{prepare, PrepareConfig};
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 use tch::Tensor;
 use testkit::{scratch, tiny_model};
 use tools::models::TrainOptions;
-use tools::{Horizon, World};
+use tools::World;
 use trainer::checkpoint;
 
 fn bin() -> Command {
@@ -475,15 +474,7 @@ fn store() -> &'static PathBuf {
         };
         let w = World::train(d, &opts).expect("train");
         let path = scratch("faults-store").keep().join("store.h5");
-        let writer = Writer::create(&path).expect("create");
-        write_prepared(&writer, &w.data).expect("write data");
-        for h in Horizon::ALL {
-            w.knowledge(h)
-                .models
-                .save(&writer, h.group())
-                .expect("models");
-        }
-        writer.finish().expect("finish");
+        tools::world::save(&w, &path).expect("writing the store");
         path
     })
 }

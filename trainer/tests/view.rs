@@ -7,7 +7,6 @@
 //! ranks and hostile model text, the SFT set of `recthinker synth` (scripted teacher), and a
 //! run directory written by `RunDir` with its PNGs drawn by `plot`.
 
-use datasets::store::{write_prepared, Writer};
 use datasets::{prepare, Episode, PrepareConfig, Split, Subset};
 use lm::chat::Message;
 use reward::RewardConfig;
@@ -19,7 +18,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use testkit::{scratch, tiny_model};
 use tools::models::TrainOptions;
-use tools::{EpisodeView, Horizon, ToolCall, World};
+use tools::{EpisodeView, ToolCall, World};
 use trainer::run_dir::{Reporter, RunDir};
 use trainer::trajectory::{score, to_json};
 
@@ -67,15 +66,7 @@ fn world() -> &'static (World, PathBuf) {
         };
         let w = World::train(d, &opts).expect("train");
         let path = scratch("view-store").keep().join("store.h5");
-        let writer = Writer::create(&path).expect("create");
-        write_prepared(&writer, &w.data).expect("write data");
-        for h in Horizon::ALL {
-            w.knowledge(h)
-                .models
-                .save(&writer, h.group())
-                .expect("models");
-        }
-        writer.finish().expect("finish");
+        tools::world::save(&w, &path).expect("writing the store");
         (w, path)
     })
 }
