@@ -35,6 +35,9 @@ pub enum AttnContext<'a> {
         rows: &'a Tensor,
         all_rows: bool,
         starts: &'a [i64],
+        /// Short-query steps of some slots run on the whole cache in place
+        /// (`Attention::in_place_attention`) instead of on a gathered copy of their rows.
+        in_place: bool,
     },
     /// Causal attention over the input, keeping each layer's keys and values (with their
     /// autograd history) for `Prefixed` forwards: a prompt shared by a group of rows.
@@ -50,6 +53,10 @@ pub(crate) struct CachedStep {
     positions: Tensor,
     mask: Tensor,
     keys_len: i64,
+    /// A short-query step of some of the cache's slots: the mask for every slot ([slots, 1,
+    /// S, L]; the group's rows as in `mask`, the others attend to everything and are
+    /// dropped), so attention runs on the cache in place (`in_place_attention`).
+    all_slots_mask: Option<Tensor>,
 }
 
 impl CachedStep {
@@ -76,9 +83,16 @@ impl CachedStep {
                     positions,
                     mask,
                     keys_len: p + s,
+                    all_slots_mask: None,
                 })
             }
-            AttnContext::Cached { cache, starts, .. } => {
+            AttnContext::Cached {
+                cache,
+                starts,
+                rows,
+                all_rows,
+                in_place,
+            } => {
                 let starts_t = Tensor::from_slice(starts).to_device(device);
                 let offsets = Tensor::arange(s, (Kind::Int64, device));
                 let positions = starts_t.unsqueeze(1) + offsets.unsqueeze(0);
@@ -89,10 +103,15 @@ impl CachedStep {
                 let mask = keys
                     .view([1, 1, 1, keys_len])
                     .le_tensor(&positions.view([b, 1, s, 1]));
+                let all_slots_mask = (*in_place && s <= SHORT_QUERY && !*all_rows).then(|| {
+                    Tensor::ones([cache.slots(), 1, s, keys_len], (Kind::Bool, device))
+                        .index_copy(0, rows, &mask)
+                });
                 Some(CachedStep {
                     positions,
                     mask,
                     keys_len,
+                    all_slots_mask,
                 })
             }
         }
@@ -110,7 +129,7 @@ fn masked_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Tensor
 
 /// Decode steps (a few query tokens) use plain matmul attention: libtorch's CPU flash kernel
 /// took 1.6 ms per layer for one bf16 query vs 0.33 ms for this (16 rows, 110 keys).
-const SHORT_QUERY: i64 = 8;
+pub(crate) const SHORT_QUERY: i64 = 8;
 
 impl Attention {
     pub fn load(c: &ModelConfig, vb: VarBuilder) -> Result<Self> {
@@ -166,6 +185,31 @@ impl Attention {
         probs.matmul(v).view([r, self.n_heads, s, d])
     }
 
+    /// Short-query attention of some of the cache's slots (`rows`) on the cache in place:
+    /// the queries are scattered into a zero tensor over every slot, attention runs on the
+    /// slots' keys and values as views (no copy), and the rows' outputs are picked. Reading
+    /// every slot once costs less than gathering the rows' keys and values (a read and a
+    /// write of each) and reading them again, which dominated decode at long contexts.
+    fn in_place_attention(
+        &self,
+        q: &Tensor,
+        cache: &KvCache,
+        layer: usize,
+        rows: &Tensor,
+        step: &CachedStep,
+        all_slots_mask: &Tensor,
+    ) -> Tensor {
+        let (k_all, v_all) = cache.read(layer, rows, true, step.keys_len);
+        let size = q.size();
+        let q_all = Tensor::zeros(
+            [cache.slots(), size[1], size[2], size[3]],
+            (q.kind(), q.device()),
+        )
+        .index_copy(0, rows, q);
+        self.short_query_attention(&q_all, &k_all, &v_all, all_slots_mask)
+            .index_select(0, rows)
+    }
+
     pub(crate) fn forward(
         &self,
         x: &Tensor,
@@ -191,12 +235,30 @@ impl Attention {
                 },
                 Some(step),
             ) => {
-                cache.write(layer, rows, &step.positions, &k, &v);
-                let (k_all, v_all) = cache.read(layer, rows, *all_rows, step.keys_len);
+                use crate::profile::time;
+                time("kv_cache.write", || {
+                    cache.write(layer, rows, &step.positions, &k, &v)
+                });
+                if let Some(all_slots_mask) = &step.all_slots_mask {
+                    return self.o_proj_of(
+                        time("attention.decode", || {
+                            self.in_place_attention(&q, cache, layer, rows, step, all_slots_mask)
+                        }),
+                        b,
+                        s,
+                    );
+                }
+                let (k_all, v_all) = time("kv_cache.read", || {
+                    cache.read(layer, rows, *all_rows, step.keys_len)
+                });
                 if s <= SHORT_QUERY {
-                    self.short_query_attention(&q, &k_all, &v_all, &step.mask)
+                    time("attention.decode", || {
+                        self.short_query_attention(&q, &k_all, &v_all, &step.mask)
+                    })
                 } else {
-                    masked_attention(&q, &k_all, &v_all, &step.mask)
+                    time("attention.prefill", || {
+                        masked_attention(&q, &k_all, &v_all, &step.mask)
+                    })
                 }
             }
             (AttnContext::Prefixed(prefix), Some(step)) => {
@@ -214,6 +276,11 @@ impl Attention {
                 )
             }
         };
+        self.o_proj_of(out, b, s)
+    }
+
+    /// The output projection of attention's [B, heads, S, D] result.
+    fn o_proj_of(&self, out: Tensor, b: i64, s: i64) -> Tensor {
         let out = out
             .transpose(1, 2)
             .contiguous()

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod lora;
 pub mod model;
 pub mod policy;
+pub mod profile;
 pub mod progress;
 pub mod rope;
 pub mod sampling;

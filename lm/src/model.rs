@@ -125,9 +125,11 @@ impl Model {
                 .self_attn
                 .forward(&h, &rope, i, &mut ctx, step.as_ref());
             x = x + h;
-            let h = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x));
+            let h = crate::profile::time("mlp", || {
+                layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&x))
+            });
             x = x + h;
         }
         self.norm.forward(&x)

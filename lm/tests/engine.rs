@@ -501,3 +501,44 @@ fn engine_refuses_to_run_after_a_weight_change() {
     assert!(err.contains("weights changed"), "{err}");
     assert_eq!(e.row(r).state, RowState::Running);
 }
+
+/// Decode steps of some of the slots (others prefilling, finished, or stored prefixes)
+/// attend on the whole cache in place (`in_place_decode`, the default) or on a gathered copy
+/// of their rows: the same tokens, log-probs within 1e-5, and the in-place run does take
+/// that path (rows admitted mid-run, stored prefixes in the cache).
+#[test]
+fn in_place_decode_equals_gathered_rows() {
+    let p = Policy::load(&tiny_model("qwen2"), Device::Cpu, Kind::Float).unwrap();
+    let mut prompts = shared_head_prompts(&p);
+    prompts.extend(self::prompts(&p));
+    let params: Vec<SamplingParams> = (0..prompts.len())
+        .map(|k| sampled(k as u64, if k % 2 == 0 { 0.0 } else { 0.9 }, 5 + 4 * k))
+        .collect();
+    let run = |in_place: bool| {
+        let mut e = Engine::new(&p.model, &p.tokenizer);
+        e.in_place_decode = in_place;
+        let (mut ids, mut next) = (Vec::new(), 0);
+        while next < prompts.len() || e.running() > 0 {
+            // Three rows in flight; a new one prefills while the others decode.
+            while e.running() < 3 && next < prompts.len() {
+                ids.push(e.add_row(&prompts[next], params[next].clone()).unwrap());
+                next += 1;
+            }
+            for r in e.step().unwrap() {
+                e.finish(r);
+            }
+        }
+        let rows: Vec<(Vec<i64>, Vec<f32>)> = ids
+            .iter()
+            .map(|&r| (e.row(r).ids.clone(), e.row(r).logprobs.clone()))
+            .collect();
+        (rows, e.in_place_forwards)
+    };
+    let (gathered, none) = run(false);
+    let (in_place, forwards) = run(true);
+    assert_eq!(none, 0);
+    assert!(forwards > 5, "{forwards} in-place decode forwards");
+    for (k, (got, want)) in in_place.iter().zip(&gathered).enumerate() {
+        assert_same_row((&got.0, &got.1), want, 1e-5, &format!("row {k}"));
+    }
+}

@@ -248,7 +248,7 @@ fn call_tool(env: &AgentEnv, episodes: &[&Episode], r: &AgentRow, raw: &str) -> 
             ok: false,
         }
     } else {
-        registry.call_text(world, &view, raw)
+        lm::profile::time("tools", || registry.call_text(world, &view, raw))
     };
     let observation = if duplicate {
         format!("{}\n(Note: you already made this exact call.)", obs.text)
@@ -342,5 +342,18 @@ pub fn run_batches(
             }
             Ok(())
         },
-    )
+    )?;
+    if lm::profile::enabled() {
+        for (name, n) in [
+            ("engine.forward_calls", engine.forward_calls),
+            ("engine.prefilled_tokens", engine.prefilled_tokens),
+            ("engine.fed_tokens_saved", engine.fed_tokens_saved),
+            ("engine.prefix_tokens_reused", engine.prefix_tokens_reused),
+            ("engine.cache_slots", engine.cache_slots()),
+            ("engine.in_place_forwards", engine.in_place_forwards),
+        ] {
+            lm::profile::count(name, n as u64);
+        }
+    }
+    Ok(())
 }

@@ -156,6 +156,19 @@ pub fn run(a: Args) -> Result<()> {
     report["constrained_answers"] = json!(a.constrained_answers);
     report["tool_suite"] = json!(a.tool_suite);
     report["config"] = serde_json::to_value(&cfg)?;
+    if lm::profile::enabled() {
+        let secs = stats.generation_seconds;
+        eprintln!(
+            "profile (RECTHINKER_PROFILE; {secs:.1} s of generation):\n{}",
+            lm::profile::render(secs)
+        );
+        report["profile"] = json!({
+            "sections": lm::profile::snapshot().iter()
+                .map(|(n, c, s)| json!({"name": n, "calls": c, "seconds": s}))
+                .collect::<Vec<_>>(),
+            "counts": lm::profile::counts().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        });
+    }
     lm::fsutil::write_atomic(&a.out, serde_json::to_string_pretty(&report)?.as_bytes())?;
     let s = stats.ndcg();
     println!(

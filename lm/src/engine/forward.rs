@@ -51,14 +51,20 @@ impl Engine<'_> {
                 rows: &rows_t,
                 all_rows,
                 starts: &starts,
+                in_place: self.in_place_decode,
             },
         );
         self.forward_calls += 1;
+        if self.in_place_decode && !all_rows && s as i64 <= crate::attention::SHORT_QUERY {
+            self.in_place_forwards += 1;
+        }
         let h = hidden.size()[2];
         let last_t = Tensor::from_slice(&last).to_device(device);
         let picked = hidden.view([-1, h]).index_select(0, &last_t);
         let temps_t = Tensor::from_slice(&temps).to_device(device).unsqueeze(1);
-        let lp = (self.model.logits(&picked) / temps_t).log_softmax(-1, Kind::Float);
+        let lp = crate::profile::time("lm_head", || {
+            (self.model.logits(&picked) / temps_t).log_softmax(-1, Kind::Float)
+        });
         for &i in group {
             let r = &mut self.rows[i];
             r.cached += r.pending.len() as i64;

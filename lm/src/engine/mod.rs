@@ -114,6 +114,12 @@ pub struct Engine<'m> {
     /// no live row needs: a new row takes a free slot, else the least recently used stored
     /// one, and the cache grows only when neither exists.
     pub max_stored_prefixes: usize,
+    /// Decode steps of some of the cache's slots attend on the whole cache in place rather
+    /// than on a gathered copy of their rows' keys and values (the same numbers; off: the
+    /// copy, for tests that compare both).
+    pub in_place_decode: bool,
+    /// Forwards that took that in-place path.
+    pub in_place_forwards: usize,
     /// Prompt tokens not run through the model because their keys/values were copied from
     /// another slot (an identical prompt in the same step, a live row, a stored prefix).
     pub fed_tokens_saved: usize,
@@ -149,6 +155,8 @@ impl<'m> Engine<'m> {
             keep_distributions: false,
             prefix_cache: true,
             max_stored_prefixes: 4,
+            in_place_decode: true,
+            in_place_forwards: 0,
             fed_tokens_saved: 0,
             prefix_tokens_reused: 0,
             prefilled_tokens: 0,
@@ -330,10 +338,12 @@ impl<'m> Engine<'m> {
                 Source::Row(_) => None,
             })
             .collect();
-        self.assign_slots(&running, &keep);
-        for (i, src, len) in reuse {
-            self.copy_prefix(i, src, len);
-        }
+        crate::profile::time("engine.slots", || {
+            self.assign_slots(&running, &keep);
+            for (i, src, len) in reuse {
+                self.copy_prefix(i, src, len);
+            }
+        });
         let (prefill, decode): (Vec<RowId>, Vec<RowId>) = running
             .iter()
             .partition(|&&i| self.rows[i].pending.len() > 1);
@@ -356,16 +366,26 @@ impl<'m> Engine<'m> {
             if group.is_empty() {
                 continue;
             }
-            let next = self.forward_group(&group)?;
+            let name =
+                if shared.is_empty() && group.iter().all(|&i| self.rows[i].pending.len() == 1) {
+                    "engine.decode"
+                } else {
+                    "engine.prefill"
+                };
+            let next = crate::profile::time(name, || self.forward_group(&group))?;
             for &(i, k) in &shared {
                 self.copy_prefill(group[k], i);
             }
             let shared_next: Vec<(RowId, Next)> =
                 shared.iter().map(|&(i, k)| (i, next[k].clone())).collect();
+            let t = std::time::Instant::now();
             for (i, next) in group.iter().copied().zip(next).chain(shared_next) {
                 if self.sample_into(i, next)? {
                     stopped.push(i);
                 }
+            }
+            if crate::profile::enabled() {
+                crate::profile::add("engine.sample", t.elapsed().as_secs_f64());
             }
         }
         Ok(stopped)
