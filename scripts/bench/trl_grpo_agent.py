@@ -79,11 +79,13 @@ steps_idx = [batch_indices(len(train), a.seed ^ 0x9E37, s, a.episodes) for s in 
 synth_out = os.path.join(a.out_dir, "prompts.jsonl")
 with open(os.path.join(a.out_dir, "synth.toml"), "w") as f:
     f.write(f'data = "{a.data}"\nout = "{synth_out}"\nteacher = "scripted"\nsplit = "train"\n'
-            f"limit_episodes = {max(max(s) for s in steps_idx) + 1}\nmin_ndcg = -2.0\nseed = 0\n"
+            f"limit_episodes = {max(max(s) for s in steps_idx) + 1}\nmin_ndcg = 0.0\nseed = 0\n"
             f"[agent]\nprompt_history_len = {a.history_len}\nmax_turns = {a.max_turns}\n"
             f"tool_max_chars = {a.tool_max_chars}\n")
-subprocess.run([a.bin, "synth", "--config", os.path.join(a.out_dir, "synth.toml")], check=True,
-               capture_output=True, env={**os.environ, "RECTHINKER_THREADS": "1"})
+done = subprocess.run([a.bin, "synth", "--config", os.path.join(a.out_dir, "synth.toml")],
+                      capture_output=True, text=True, env={**os.environ, "RECTHINKER_THREADS": "1"})
+if done.returncode != 0:
+    raise SystemExit(f"recthinker synth failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 played = [json.loads(line) for line in open(synth_out) if line.strip()]
 rows = []
 for idx in steps_idx:
