@@ -160,15 +160,11 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
             .map(|s| s.mask[1..].iter().filter(|&&m| m == 1).count())
             .sum();
         let mut loss_sum = 0.0;
-        // This rank's rows (all of them in one process). Several rows to a micro-batch: the
-        // longest first, so rows of similar length are padded together (the loss is a sum
-        // over tokens, so the order does not change it).
-        let mut mine: Vec<&TokenSequence> = batch[dp.shard(batch.len())].to_vec();
-        if cfg.micro_batch > 1 {
-            mine.sort_by_key(|s| std::cmp::Reverse(s.ids.len()));
-        }
+        // This rank's rows (all of them in one process), in the data order: a rank's shard
+        // is then the same micro-batches as in one process, so data-parallel runs equal
+        // single-process ones to rounding (`tests/data_parallel.rs`).
         let mut pads = Vec::new();
-        for micro in mine.chunks(cfg.micro_batch.max(1)) {
+        for micro in batch[dp.shard(batch.len())].chunks(cfg.micro_batch.max(1)) {
             pads.push(positions(micro.iter().map(|s| s.ids.len())));
             let (ids, mask) = pad(micro, tr.device);
             let lp = lm::autocast::with(autocast, || token_logprobs(&tr.policy.model, &ids, &mask));
