@@ -112,8 +112,8 @@ fn resumed_run_reproduces_the_uninterrupted_run_exactly() {
         let (ra, rb) = (dir.join("a"), dir.join("b"));
         // TensorBoard reads back exactly metrics.jsonl; run b resumed from step 2 after
         // writing step 3, in a second event file, and step 3 appears once.
-        assert_eq!(assert_tensorboard_matches_metrics(&ra), 6 * 5);
-        assert_eq!(assert_tensorboard_matches_metrics(&rb), 6 * 5);
+        assert_eq!(assert_tensorboard_matches_metrics(&ra), 6 * 6); // loss, lr, grad_norm, tokens, pad_fraction, seconds
+        assert_eq!(assert_tensorboard_matches_metrics(&rb), 6 * 6);
         assert_eq!(std::fs::read_dir(rb.join("tb")).unwrap().count(), 2);
         let m = metrics(&ra);
         assert_eq!(m.len(), 6);
