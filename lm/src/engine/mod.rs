@@ -362,16 +362,13 @@ impl<'m> Engine<'m> {
             .iter()
             .map(|&i| self.rows[i].pending.len())
             .sum::<usize>();
-        for (group, shared) in [(firsts, copies), (decode, Vec::new())] {
+        for (name, group, shared) in [
+            ("engine.prefill", firsts, copies),
+            ("engine.decode", decode, Vec::new()),
+        ] {
             if group.is_empty() {
                 continue;
             }
-            let name =
-                if shared.is_empty() && group.iter().all(|&i| self.rows[i].pending.len() == 1) {
-                    "engine.decode"
-                } else {
-                    "engine.prefill"
-                };
             let next = crate::profile::time(name, || self.forward_group(&group))?;
             for &(i, k) in &shared {
                 self.copy_prefill(group[k], i);
