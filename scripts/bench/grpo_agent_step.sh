@@ -11,13 +11,15 @@
 # made to play the protocol.
 #
 # Settings (environment): B, G, MAX_TURNS, NEW (tokens per turn), MAX_CONTEXT, TOOL_MAX_CHARS,
-# RANK (LoRA rank; 0 = full fine-tuning), RECTHINKER_THREADS, MODEL, DATA, BIN (needs
+# RANK (LoRA rank; 0 = full fine-tuning), MICRO (TRL's rows per forward/backward, gradient
+# accumulation over the step; default G, as ours trains one group at a time; 0 = all rows at
+# once, which at B=4 G=4 needs more than 24 GiB), RECTHINKER_THREADS, MODEL, DATA, BIN (needs
 # `tools serve`), DUMP (a file: TRL's rollouts as JSON lines). Smoke test:
 #   B=1 G=2 MAX_TURNS=1 NEW=48 bash scripts/bench/grpo_agent_step.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${B:-4} G=${G:-4} MAX_TURNS=${MAX_TURNS:-3} NEW=${NEW:-160} MAX_CONTEXT=${MAX_CONTEXT:-3072}
-TOOL_MAX_CHARS=${TOOL_MAX_CHARS:-800} HIST=${HIST:-5} RANK=${RANK:-16} LR=${LR:-1e-4} SEED=${SEED:-0}
+TOOL_MAX_CHARS=${TOOL_MAX_CHARS:-800} HIST=${HIST:-5} MICRO=${MICRO:-$G} RANK=${RANK:-16} LR=${LR:-1e-4} SEED=${SEED:-0}
 THREADS=${RECTHINKER_THREADS:-$(nproc)}
 BIN=${BIN:-target/release/recthinker}
 PY=.venv/bin/python
@@ -89,11 +91,11 @@ TOML
 peak "$WORK/ours.rss" "$BIN" rl --config "$WORK/rl.toml" 2>"$WORK/ours.err" || { tail -20 "$WORK/ours.err"; exit 1; }
 peak "$WORK/trl.rss" "$PY" scripts/bench/trl_grpo_agent.py --model "$MODEL" --bin "$BIN" --data "$DATA" --seed $SEED \
   --episodes $B --group $G --max-turns $MAX_TURNS --new-tokens $NEW --max-context $MAX_CONTEXT --history-len $HIST \
-  --tool-max-chars $TOOL_MAX_CHARS --rank $RANK --alpha $((RANK * 2)) --lr $LR --threads $THREADS \
+  --tool-max-chars $TOOL_MAX_CHARS --rank $RANK --alpha $((RANK * 2)) --lr $LR --micro-batch $MICRO --threads $THREADS \
   --out-dir "$WORK/trl" ${DUMP:+--dump "$DUMP"} >"$WORK/trl.out" 2>"$WORK/trl.err" || { tail -30 "$WORK/trl.err"; exit 1; }
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(env -u OMP_NUM_THREADS nproc) cores, threads=$THREADS"
-echo "settings: $(basename "$MODEL"), $([ "$RANK" = 0 ] && echo "full fine-tuning" || echo "LoRA r$RANK alpha $((RANK * 2))"), f32, B=$B G=$G, max_turns=$MAX_TURNS, $NEW new tokens per turn, max_context=$MAX_CONTEXT, tool results <= $TOOL_MAX_CHARS chars, temperature 1, seed $SEED"
+echo "settings: $(basename "$MODEL"), $([ "$RANK" = 0 ] && echo "full fine-tuning" || echo "LoRA r$RANK alpha $((RANK * 2))"), f32, B=$B G=$G, max_turns=$MAX_TURNS, $NEW new tokens per turn, max_context=$MAX_CONTEXT, tool results <= $TOOL_MAX_CHARS chars, temperature 1, seed $SEED; TRL micro-batch $MICRO rows (gradient accumulation)"
 echo "trl $("$PY" -c 'import trl; print(trl.__version__)'), peft $("$PY" -c 'import peft; print(peft.__version__)'), mcp $("$PY" -c 'import importlib.metadata as m; print(m.version("mcp"))'), torch $("$PY" -c 'import torch; print(torch.__version__)'); TRL without activation checkpointing (its default would recompute)"
 "$PY" - "$WORK/run/metrics.jsonl" "$WORK/trl.out" "$WORK/ours.rss" "$WORK/trl.rss" <<'PY'
 import json, sys

@@ -50,6 +50,9 @@ ap.add_argument("--data", required=True, help="the prepared HDF5 file")
 ap.add_argument("--seed", type=int, default=0, help="our rl seed: decides the episodes of each step")
 ap.add_argument("--episodes", type=int, default=4, help="B")
 ap.add_argument("--group", type=int, default=4, help="G")
+ap.add_argument("--micro-batch", type=int, default=0,
+                help="rows per forward/backward in training (gradient accumulation over the step's rows; "
+                     "0: all rows at once). One generation per step either way.")
 ap.add_argument("--steps", type=int, default=2)
 ap.add_argument("--max-turns", type=int, default=3)
 ap.add_argument("--new-tokens", type=int, default=160, help="per turn")
@@ -228,11 +231,15 @@ def generate_ending_turns(*args, **kw):
 
 model.generate = generate_ending_turns
 rows_per_step = a.episodes * a.group
+micro = a.micro_batch or rows_per_step
+if rows_per_step % micro:
+    raise SystemExit(f"--micro-batch {micro} does not divide the {rows_per_step} rows of a step")
+accumulate = rows_per_step // micro  # one optimizer step = one generation of all rows, then `accumulate` micro-batches
 cfg = GRPOConfig(
-    output_dir=a.out_dir, per_device_train_batch_size=rows_per_step, num_generations=a.group,
+    output_dir=a.out_dir, per_device_train_batch_size=micro, num_generations=a.group,
     max_completion_length=a.max_context, max_steps=a.steps, learning_rate=a.lr, use_cpu=True, report_to=[],
-    logging_steps=1, save_strategy="no", beta=0.0, num_iterations=1, steps_per_generation=1,
-    temperature=a.temperature, top_p=1.0, gradient_accumulation_steps=1, bf16=False, seed=a.seed,
+    logging_steps=1, save_strategy="no", beta=0.0, num_iterations=1, steps_per_generation=accumulate,
+    temperature=a.temperature, top_p=1.0, gradient_accumulation_steps=accumulate, bf16=False, seed=a.seed,
     shuffle_dataset=False, max_tool_calling_iterations=a.max_turns, generation_kwargs={"max_new_tokens": a.new_tokens},
     epsilon=0.2, epsilon_high=0.28, gradient_checkpointing=a.gradient_checkpointing, disable_tqdm=True,
 )

@@ -60,6 +60,9 @@ pub mod defaults {
     pub fn one() -> usize {
         1
     }
+    pub fn yes() -> bool {
+        true
+    }
     pub fn two() -> usize {
         2
     }

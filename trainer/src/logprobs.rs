@@ -51,6 +51,83 @@ fn scored(
     TokenLogprobs { dense, entropy }
 }
 
+/// A prompt's forward, recorded for rows that continue it: every layer's keys and values
+/// and the last hidden state (which predicts the first token after the prompt).
+pub struct Prefix {
+    kv: Vec<(Tensor, Tensor)>,
+    /// [1, 1, H]
+    last: Tensor,
+}
+
+impl Prefix {
+    /// Runs `prompt` ([P] ids) forward once, keeping its autograd history.
+    pub fn forward(model: &Model, prompt: &Tensor) -> Prefix {
+        let mut kv = Vec::new();
+        let hidden = model.forward_hidden(&prompt.unsqueeze(0), AttnContext::Record(&mut kv));
+        let p = hidden.size()[1];
+        Prefix {
+            kv,
+            last: hidden.narrow(1, p - 1, 1),
+        }
+    }
+
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        self.kv.iter().flat_map(|(k, v)| [k, v]).chain([&self.last])
+    }
+
+    /// The same values cut from autograd, as leaves that collect the gradients of the rows
+    /// continued from them; [`Prefix::backward_from`] then carries those gradients through
+    /// the prompt's forward once. Rows can so run forward and backward one micro-batch at a
+    /// time (memory of one micro-batch) while the prompt is computed once.
+    pub fn detached(&self) -> Prefix {
+        let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+        Prefix {
+            kv: self.kv.iter().map(|(k, v)| (leaf(k), leaf(v))).collect(),
+            last: leaf(&self.last),
+        }
+    }
+
+    /// Backward through this prefix's forward of the gradients accumulated in `leaves` (its
+    /// [`Prefix::detached`] copy): the chain rule's remaining factor, applied once.
+    pub fn backward_from(&self, leaves: &Prefix) {
+        let terms: Vec<Tensor> = self
+            .tensors()
+            .zip(leaves.tensors())
+            .filter(|(_, leaf)| leaf.grad().defined())
+            .map(|(t, leaf)| (t * leaf.grad()).sum(Kind::Float))
+            .collect();
+        if terms.is_empty() {
+            return;
+        }
+        let total = Tensor::stack(&terms, 0).sum(Kind::Float);
+        if total.requires_grad() {
+            total.backward();
+        }
+    }
+}
+
+/// Log-probs of rows continuing `prefix`: `rest`, `rest_mask` are [G, C] ids after the
+/// prompt and their scored mask (right-padded); `dense` is [G, C]:
+/// log p(rest[g, c] | prompt, rest[g, ..c]).
+pub fn continued_logprobs(
+    model: &Model,
+    prefix: &Prefix,
+    rest: &Tensor,
+    rest_mask: &Tensor,
+) -> TokenLogprobs {
+    let (g, c) = rest.size2().expect("rest is [group, seq]");
+    let rest_hidden = model.forward_hidden(rest, AttnContext::Prefixed(&prefix.kv));
+    let h = rest_hidden.size()[2];
+    // The state that predicts rest[:, c]: the prompt's last for c = 0, else rest[:, c-1].
+    let last = prefix.last.expand([g, 1, h], false);
+    let predictors = Tensor::cat(&[last, rest_hidden.narrow(1, 0, c - 1)], 1);
+    let keep = rest_mask.reshape([-1]).to_kind(Kind::Bool);
+    let flat = Tensor::arange(g * c, (Kind::Int64, rest.device())).masked_select(&keep);
+    let picked = predictors.reshape([-1, h]).index_select(0, &flat);
+    let targets = rest.reshape([-1]).index_select(0, &flat);
+    scored(model, &picked, &targets, flat, [g, c])
+}
+
 /// Log-probs of a group of rows that share one prompt (GRPO's G samples of an episode):
 /// the prompt runs forward once and every row continues it (`AttnContext::Prefixed`), so
 /// training costs P + G*C tokens instead of G*(P+C). Same values and gradients as
@@ -64,19 +141,5 @@ pub fn group_token_logprobs(
     rest: &Tensor,
     rest_mask: &Tensor,
 ) -> TokenLogprobs {
-    let (g, c) = rest.size2().expect("rest is [group, seq]");
-    let mut prefix = Vec::new();
-    let prompt_hidden =
-        model.forward_hidden(&prompt.unsqueeze(0), AttnContext::Record(&mut prefix));
-    let p = prompt_hidden.size()[1];
-    let rest_hidden = model.forward_hidden(rest, AttnContext::Prefixed(&prefix));
-    let h = rest_hidden.size()[2];
-    // The state that predicts rest[:, c]: the prompt's last for c = 0, else rest[:, c-1].
-    let last = prompt_hidden.narrow(1, p - 1, 1).expand([g, 1, h], false);
-    let predictors = Tensor::cat(&[last, rest_hidden.narrow(1, 0, c - 1)], 1);
-    let keep = rest_mask.reshape([-1]).to_kind(Kind::Bool);
-    let flat = Tensor::arange(g * c, (Kind::Int64, rest.device())).masked_select(&keep);
-    let picked = predictors.reshape([-1, h]).index_select(0, &flat);
-    let targets = rest.reshape([-1]).index_select(0, &flat);
-    scored(model, &picked, &targets, flat, [g, c])
+    continued_logprobs(model, &Prefix::forward(model, prompt), rest, rest_mask)
 }

@@ -55,7 +55,7 @@ pub struct RlConfig {
     pub micro_batch: usize,
     /// Train each group as one micro-batch whose shared prompt runs once (same loss and
     /// gradients as full rows, less compute); off: `micro_batch` full rows at a time.
-    #[serde(default = "yes")]
+    #[serde(default = "crate::config::defaults::yes")]
     pub share_prompt: bool,
     /// z_score, or mean_only (Dr. GRPO).
     #[serde(default)]
@@ -103,9 +103,6 @@ pub struct RlConfig {
     pub rollout_correction: crate::algos::RolloutCorrection,
 }
 
-fn yes() -> bool {
-    true
-}
 /// The rollout settings, greedy.
 fn eval_agent() -> AgentConfig {
     AgentConfig {

@@ -3,7 +3,7 @@
 //! periodic validation NDCG, atomic checkpoints and exact resume.
 
 use crate::data_parallel::DataParallel;
-use crate::logprobs::token_logprobs;
+use crate::logprobs::{continued_logprobs, token_logprobs, Prefix};
 use crate::losses::sft_loss;
 use crate::optim::{lr_at, NonFinite, OptimConfig};
 use crate::sequence::{tokenize_conversation, TokenSequence};
@@ -37,6 +37,11 @@ pub struct SftConfig {
     pub batch_size: usize,
     #[serde(default = "crate::config::defaults::one")]
     pub micro_batch: usize,
+    /// Run the tokens that every conversation of a step starts with (the system prompt and
+    /// tool list, none of them trained) forward and backward once per step instead of once
+    /// per conversation: the same loss and gradients to rounding, less compute.
+    #[serde(default = "crate::config::defaults::yes")]
+    pub share_prefix: bool,
     /// Longer conversations are cut to this many tokens.
     #[serde(default = "crate::config::defaults::max_len")]
     pub max_len: usize,
@@ -115,6 +120,32 @@ pub fn load_examples(cfg: &SftConfig, policy: &Policy) -> Result<Vec<TokenSequen
     Ok(out)
 }
 
+/// Below this many shared tokens a step trains full rows (sharing would not pay).
+const MIN_SHARED_PREFIX: usize = 32;
+
+/// The tokens every row starts with and none trains, leaving each row at least one token
+/// after them; 0 for fewer than two rows.
+pub fn shared_prefix_len(rows: &[&TokenSequence]) -> usize {
+    let Some(first) = rows.first().filter(|_| rows.len() > 1) else {
+        return 0;
+    };
+    let limit = rows
+        .iter()
+        .map(|s| s.ids.len())
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    let mut p = 0;
+    while p < limit
+        && rows
+            .iter()
+            .all(|s| s.ids[p] == first.ids[p] && s.mask[p] == 0)
+    {
+        p += 1;
+    }
+    p
+}
+
 /// Right-padded [B, T] ids and [B, T] mask tensors.
 pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
     let rows: Vec<(&[i64], &[u8])> = seqs.iter().map(|s| (&s.ids[..], &s.mask[..])).collect();
@@ -164,14 +195,43 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         // is then the same micro-batches as in one process, so data-parallel runs equal
         // single-process ones to rounding (`tests/data_parallel.rs`).
         let mut pads = Vec::new();
-        for micro in batch[dp.shard(batch.len())].chunks(cfg.micro_batch.max(1)) {
-            pads.push(positions(micro.iter().map(|s| s.ids.len())));
-            let (ids, mask) = pad(micro, tr.device);
-            let lp = lm::autocast::with(autocast, || token_logprobs(&tr.policy.model, &ids, &mask));
-            let t = mask.size()[1];
-            let loss = sft_loss(&lp.dense, &mask.narrow(1, 1, t - 1), tokens.max(1) as f64);
-            loss.backward();
-            loss_sum += loss.double_value(&[]);
+        let shard = &batch[dp.shard(batch.len())];
+        let model = &tr.policy.model;
+        let p = if cfg.share_prefix {
+            shared_prefix_len(shard)
+        } else {
+            0
+        };
+        if p >= MIN_SHARED_PREFIX {
+            // The shared prefix forward once; each micro-batch continues it and sends its
+            // gradient back into the prefix's leaves; one backward through the prefix last.
+            let prompt = Tensor::from_slice(&shard[0].ids[..p]).to_device(tr.device);
+            let prefix = lm::autocast::with(autocast, || Prefix::forward(model, &prompt));
+            let leaves = prefix.detached();
+            pads.push((p, p));
+            for micro in shard.chunks(cfg.micro_batch.max(1)) {
+                pads.push(positions(micro.iter().map(|s| s.ids.len() - p)));
+                let rest: Vec<(&[i64], &[u8])> =
+                    micro.iter().map(|s| (&s.ids[p..], &s.mask[p..])).collect();
+                let (ids, mask) = pad_rows(&rest, tr.device);
+                let lp = lm::autocast::with(autocast, || {
+                    continued_logprobs(model, &leaves, &ids, &mask)
+                });
+                let loss = sft_loss(&lp.dense, &mask, tokens.max(1) as f64);
+                loss.backward();
+                loss_sum += loss.double_value(&[]);
+            }
+            prefix.backward_from(&leaves);
+        } else {
+            for micro in shard.chunks(cfg.micro_batch.max(1)) {
+                pads.push(positions(micro.iter().map(|s| s.ids.len())));
+                let (ids, mask) = pad(micro, tr.device);
+                let lp = lm::autocast::with(autocast, || token_logprobs(model, &ids, &mask));
+                let t = mask.size()[1];
+                let loss = sft_loss(&lp.dense, &mask.narrow(1, 1, t - 1), tokens.max(1) as f64);
+                loss.backward();
+                loss_sum += loss.double_value(&[]);
+            }
         }
         // Every rank now holds the whole batch's gradient and loss.
         let mut sums = [loss_sum];
@@ -225,6 +285,26 @@ mod tests {
         let text =
             format!("run_dir = \"r\"\nmodel = \"m\"\ntrain_file = \"t\"\nsteps = 1\n{extra}");
         toml::from_str(&text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_shared_prefix_stops_at_the_first_difference_or_trained_token() {
+        let seq = |ids: &[i64], mask: &[u8]| TokenSequence {
+            ids: ids.to_vec(),
+            mask: mask.to_vec(),
+        };
+        let a = seq(&[1, 2, 3, 4, 5], &[0, 0, 0, 1, 1]);
+        let b = seq(&[1, 2, 3, 9, 9, 9], &[0, 0, 0, 0, 1, 1]);
+        let c = seq(&[1, 2, 7], &[0, 0, 1]);
+        let trained_early = seq(&[1, 2, 3, 4, 5], &[0, 1, 0, 1, 1]);
+        assert_eq!(shared_prefix_len(&[&a, &b]), 3);
+        assert_eq!(shared_prefix_len(&[&a, &b, &c]), 2);
+        assert_eq!(shared_prefix_len(&[&a, &trained_early]), 1);
+        assert_eq!(shared_prefix_len(&[&a, &a]), 3); // stops at the first trained token
+        assert_eq!(shared_prefix_len(&[&a]), 0);
+        // Every row keeps at least one token after the prefix.
+        let short = seq(&[1, 2], &[0, 0]);
+        assert_eq!(shared_prefix_len(&[&short, &short]), 1);
     }
 
     #[test]

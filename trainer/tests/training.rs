@@ -324,3 +324,83 @@ fn shared_prompt_logprobs_and_gradients_equal_full_rows() {
         );
     }
 }
+
+#[test]
+fn prefix_shared_across_micro_batches_gives_the_full_rows_gradients() {
+    // SFT's `share_prefix`: the prefix runs forward once, each row continues detached copies
+    // of it in its own micro-batch (forward and backward), and the prefix's gradient is
+    // carried back once at the end.
+    for family in ["qwen2", "llama"] {
+        let policy = lm::Policy::load(&tiny_model(family), Device::Cpu, Kind::Float).unwrap();
+        let model = &policy.model;
+        let prompt = [5i64, 80, 900, 33, 7];
+        let rests: [&[i64]; 3] = [&[1000, 4, 4, 61, 2], &[17, 250, 3], &[9, 9, 400, 12]];
+        let masks: [&[u8]; 3] = [&[1, 1, 0, 1, 1], &[1, 1, 1], &[0, 1, 1, 1]];
+        let weight = |row: usize, c: usize| (row * 5 + c) as f64 / 7.0 + 0.5;
+        let grads = || -> Vec<Tensor> {
+            model
+                .vs
+                .trainable_variables()
+                .iter()
+                .map(|v| v.grad().copy())
+                .collect()
+        };
+        let zero = || {
+            for mut v in model.vs.trainable_variables() {
+                v.zero_grad();
+            }
+        };
+        // Full rows, one micro-batch each.
+        zero();
+        for (row, (rest, m)) in rests.iter().zip(masks).enumerate() {
+            let ids: Vec<i64> = prompt.iter().chain(rest.iter()).copied().collect();
+            let mask: Vec<u8> = [0u8; 5].iter().chain(m).copied().collect();
+            let n = ids.len() as i64;
+            let lp = trainer::logprobs::token_logprobs(
+                model,
+                &Tensor::from_slice(&ids).view([1, n]),
+                &Tensor::from_slice(&mask).view([1, n]),
+            );
+            let w: Vec<f32> = (0..rest.len()).map(|c| weight(row, c) as f32).collect();
+            let w = Tensor::from_slice(&w).view([1, -1]);
+            (lp.dense.narrow(1, 4, rest.len() as i64) * w)
+                .sum(Kind::Float)
+                .backward();
+        }
+        let g_full = grads();
+        // Shared prefix.
+        zero();
+        let prefix = trainer::logprobs::Prefix::forward(model, &Tensor::from_slice(&prompt));
+        let leaves = prefix.detached();
+        for (row, (rest, m)) in rests.iter().zip(masks).enumerate() {
+            let lp = trainer::logprobs::continued_logprobs(
+                model,
+                &leaves,
+                &Tensor::from_slice(rest).view([1, -1]),
+                &Tensor::from_slice(m).view([1, -1]),
+            );
+            let w: Vec<f32> = (0..rest.len()).map(|c| weight(row, c) as f32).collect();
+            (lp.dense * Tensor::from_slice(&w).view([1, -1]))
+                .sum(Kind::Float)
+                .backward();
+        }
+        let g_rows_only = grads();
+        prefix.backward_from(&leaves);
+        let g_shared = grads();
+        let worst = |x: &[Tensor], y: &[Tensor]| {
+            x.iter().zip(y).fold(0.0f64, |w, (a, b)| {
+                w.max(max_abs_diff(a, b) / (1e-3 + a.abs().max().double_value(&[])))
+            })
+        };
+        assert!(!g_full.is_empty());
+        let diff = worst(&g_full, &g_shared);
+        assert!(diff < 1e-4, "{family}: relative gradient difference {diff}");
+        // The prefix's share of the gradient is not negligible: without `backward_from` the
+        // comparison above fails.
+        let missing = worst(&g_full, &g_rows_only);
+        assert!(
+            missing > 1e-2,
+            "{family}: the prefix carried only {missing}"
+        );
+    }
+}
