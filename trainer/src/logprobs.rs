@@ -129,17 +129,42 @@ pub fn continued_logprobs(
 }
 
 /// Log-probs of a group of rows that share one prompt (GRPO's G samples of an episode):
-/// the prompt runs forward once and every row continues it (`AttnContext::Prefixed`), so
-/// training costs P + G*C tokens instead of G*(P+C). Same values and gradients as
-/// `token_logprobs` on the full rows (tested).
+/// the prompt runs forward once and every row continues it (`AttnContext::Prefixed`), each
+/// over its own `lens[g]` tokens only, so training costs P + sum(C_g) tokens instead of
+/// G*(P+C): no padding is computed. Same values and gradients as `token_logprobs` on the
+/// full rows (tested).
 ///
 /// `prompt`: [P] ids; `rest`, `rest_mask`: [G, C] ids after the prompt and their scored
-/// mask (right-padded). `dense` is [G, C]: log p(rest[g, c] | prompt, rest[g, ..c]).
+/// mask (right-padded); `lens`: each row's real length (<= C). `dense` is [G, C]:
+/// log p(rest[g, c] | prompt, rest[g, ..c]), 0 past a row's length.
 pub fn group_token_logprobs(
     model: &Model,
     prompt: &Tensor,
     rest: &Tensor,
     rest_mask: &Tensor,
+    lens: &[usize],
 ) -> TokenLogprobs {
-    continued_logprobs(model, &Prefix::forward(model, prompt), rest, rest_mask)
+    let prefix = Prefix::forward(model, prompt);
+    let (g, c) = rest.size2().expect("rest is [group, seq]");
+    debug_assert_eq!(lens.len() as i64, g, "one length per row");
+    let (mut rows, mut entropy_sum, mut scored_count) = (Vec::new(), 0.0, 0.0);
+    for (row, &len) in lens.iter().enumerate() {
+        let len = (len as i64).clamp(1, c);
+        let ids = rest.narrow(0, row as i64, 1).narrow(1, 0, len);
+        let mask = rest_mask.narrow(0, row as i64, 1).narrow(1, 0, len);
+        let n = mask.sum(Kind::Int64).int64_value(&[]) as f64;
+        let lp = continued_logprobs(model, &prefix, &ids, &mask);
+        entropy_sum += lp.entropy * n;
+        scored_count += n;
+        rows.push(if len < c {
+            let pad = Tensor::zeros([1, c - len], (Kind::Float, rest.device()));
+            Tensor::cat(&[lp.dense, pad], 1)
+        } else {
+            lp.dense
+        });
+    }
+    TokenLogprobs {
+        dense: Tensor::cat(&rows, 0),
+        entropy: entropy_sum / scored_count.max(1.0),
+    }
 }

@@ -1,8 +1,9 @@
 //! How GRPO's scored rollouts become training micro-batches. The G samples of an episode
 //! share their prompt token for token, so by default a group trains as one micro-batch whose
-//! prompt runs forward (and backward) once (`group_token_logprobs`): the same loss and
-//! gradients as full rows at a fraction of the cost when prompts are long, as an agent's
-//! system prompt, profile and candidates are.
+//! prompt runs forward (and backward) once and whose rows each continue it over their own
+//! length, unpadded (`group_token_logprobs`): the same loss and gradients as full rows at a
+//! fraction of the cost when prompts are long, as an agent's system prompt, profile and
+//! candidates are.
 
 use crate::algos::RolloutCorrection;
 use crate::logprobs::{group_token_logprobs, token_logprobs, TokenLogprobs};
@@ -15,11 +16,13 @@ use tch::{Device, Kind, Tensor};
 pub enum TrainInput {
     /// Full rows [B, T]; log-probs and mask are [B, T-1] (position t predicts ids[t+1]).
     Rows { ids: Tensor, mask: Tensor },
-    /// One group continuing a shared prompt [P]; `rest`, `rest_mask` are [G, C].
+    /// One group continuing a shared prompt [P]; `rest`, `rest_mask` are [G, C], `lens`
+    /// each row's real length (its padding is never computed).
     Shared {
         prompt: Tensor,
         rest: Tensor,
         rest_mask: Tensor,
+        lens: Vec<usize>,
     },
 }
 
@@ -58,7 +61,8 @@ impl MicroBatch {
                 prompt,
                 rest,
                 rest_mask,
-            } => group_token_logprobs(model, prompt, rest, rest_mask),
+                lens,
+            } => group_token_logprobs(model, prompt, rest, rest_mask, lens),
         }
     }
 
@@ -140,14 +144,17 @@ pub fn micro_batches(
                 let lps: Vec<&[f32]> = group.iter().map(|(r, _)| &r.logprobs[p..]).collect();
                 pad_floats(&lps, device)
             });
-            let (real, computed) = positions(group.iter().map(|(r, _)| r.ids.len() - p));
+            let lens: Vec<usize> = group.iter().map(|(r, _)| r.ids.len() - p).collect();
+            // Each row continues the prompt over its own length: nothing padded is computed.
+            let real: usize = lens.iter().sum();
             MicroBatch {
                 rollout_lp,
-                positions: (p + real, p + computed),
+                positions: (p + real, p + real),
                 input: TrainInput::Shared {
                     prompt: Tensor::from_slice(prompt).to_device(device),
                     rest,
                     rest_mask,
+                    lens,
                 },
                 advantages: advantages(group),
             }

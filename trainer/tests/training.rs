@@ -302,11 +302,14 @@ fn shared_prompt_logprobs_and_gradients_equal_full_rows() {
         let w = Tensor::arange(15, (Kind::Float, Device::Cpu)).view([3, 5]) / 7.0 + 0.5;
         let full = trainer::logprobs::token_logprobs(model, &ids, &mask);
         let full_rest = full.dense.narrow(1, 4, 5);
+        // Each row continues the prompt over its own length (5, 3 and 4 tokens: the rest is
+        // padding, never computed).
         let shared = trainer::logprobs::group_token_logprobs(
             model,
             &Tensor::from_slice(&prompt),
             &rest_t,
             &rest_m,
+            &[5, 3, 4],
         );
         assert!(max_abs_diff(&full_rest.detach(), &shared.dense.detach()) < 1e-5);
         assert!((full.entropy - shared.entropy).abs() < 1e-5);
