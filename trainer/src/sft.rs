@@ -146,12 +146,6 @@ pub fn shared_prefix_len(rows: &[&TokenSequence]) -> usize {
     p
 }
 
-/// Right-padded [B, T] ids and [B, T] mask tensors.
-pub fn pad(seqs: &[&TokenSequence], device: tch::Device) -> (Tensor, Tensor) {
-    let rows: Vec<(&[i64], &[u8])> = seqs.iter().map(|s| (&s.ids[..], &s.mask[..])).collect();
-    pad_rows(&rows, device)
-}
-
 pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<()> {
     // LoRA adapters initialize from the seed.
     tch::manual_seed(cfg.seed as i64);
@@ -202,36 +196,38 @@ pub fn run(cfg: &SftConfig, resume: bool, stop_after: Option<usize>) -> Result<(
         } else {
             0
         };
-        if p >= MIN_SHARED_PREFIX {
-            // The shared prefix forward once; each micro-batch continues it and sends its
-            // gradient back into the prefix's leaves; one backward through the prefix last.
+        // The shared prefix forward once; each micro-batch continues its detached copy and
+        // sends its gradient back into it; one backward through the prefix last.
+        let prefix = (p >= MIN_SHARED_PREFIX).then(|| {
             let prompt = Tensor::from_slice(&shard[0].ids[..p]).to_device(tr.device);
             let prefix = lm::autocast::with(autocast, || Prefix::forward(model, &prompt));
             let leaves = prefix.detached();
             pads.push((p, p));
-            for micro in shard.chunks(cfg.micro_batch.max(1)) {
-                pads.push(positions(micro.iter().map(|s| s.ids.len() - p)));
-                let rest: Vec<(&[i64], &[u8])> =
-                    micro.iter().map(|s| (&s.ids[p..], &s.mask[p..])).collect();
-                let (ids, mask) = pad_rows(&rest, tr.device);
-                let lp = lm::autocast::with(autocast, || {
-                    continued_logprobs(model, &leaves, &ids, &mask)
-                });
-                let loss = sft_loss(&lp.dense, &mask, tokens.max(1) as f64);
-                loss.backward();
-                loss_sum += loss.double_value(&[]);
-            }
-            prefix.backward_from(&leaves);
-        } else {
-            for micro in shard.chunks(cfg.micro_batch.max(1)) {
-                pads.push(positions(micro.iter().map(|s| s.ids.len())));
-                let (ids, mask) = pad(micro, tr.device);
-                let lp = lm::autocast::with(autocast, || token_logprobs(model, &ids, &mask));
-                let t = mask.size()[1];
-                let loss = sft_loss(&lp.dense, &mask.narrow(1, 1, t - 1), tokens.max(1) as f64);
-                loss.backward();
-                loss_sum += loss.double_value(&[]);
-            }
+            (prefix, leaves)
+        });
+        let p = if prefix.is_some() { p } else { 0 };
+        for micro in shard.chunks(cfg.micro_batch.max(1)) {
+            pads.push(positions(micro.iter().map(|s| s.ids.len() - p)));
+            let rows: Vec<(&[i64], &[u8])> =
+                micro.iter().map(|s| (&s.ids[p..], &s.mask[p..])).collect();
+            let (ids, mask) = pad_rows(&rows, tr.device);
+            // The log-probs and the mask of the positions they score.
+            let (lp, scored) = lm::autocast::with(autocast, || match &prefix {
+                Some((_, leaves)) => (
+                    continued_logprobs(model, leaves, &ids, &mask),
+                    mask.shallow_clone(),
+                ),
+                None => {
+                    let t = mask.size()[1];
+                    (token_logprobs(model, &ids, &mask), mask.narrow(1, 1, t - 1))
+                }
+            });
+            let loss = sft_loss(&lp.dense, &scored, tokens.max(1) as f64);
+            loss.backward();
+            loss_sum += loss.double_value(&[]);
+        }
+        if let Some((prefix, leaves)) = &prefix {
+            prefix.backward_from(leaves);
         }
         // Every rank now holds the whole batch's gradient and loss.
         let mut sums = [loss_sum];

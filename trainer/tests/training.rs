@@ -260,6 +260,29 @@ fn masked_head_logprobs_equal_the_full_softmax() {
     assert!(max_abs_diff(&(lp.dense.detach() * &m), &(full * &m)) < 1e-5);
 }
 
+/// Every trainable variable's gradient, copied.
+fn trainable_grads(model: &lm::Model) -> Vec<Tensor> {
+    model
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(|v| v.grad().copy())
+        .collect()
+}
+
+fn zero_trainable_grads(model: &lm::Model) {
+    for mut v in model.vs.trainable_variables() {
+        v.zero_grad();
+    }
+}
+
+/// The largest gradient difference, relative to each tensor's largest entry of `want`.
+fn worst_relative_diff(want: &[Tensor], got: &[Tensor]) -> f64 {
+    want.iter().zip(got).fold(0.0f64, |w, (a, b)| {
+        w.max(max_abs_diff(a, b) / (1e-3 + a.abs().max().double_value(&[])))
+    })
+}
+
 #[test]
 fn shared_prompt_logprobs_and_gradients_equal_full_rows() {
     for family in ["qwen2", "llama"] {
@@ -287,16 +310,9 @@ fn shared_prompt_logprobs_and_gradients_equal_full_rows() {
         let rest_t = Tensor::from_slice(rest.as_flattened()).view([3, 5]);
         let rest_m = Tensor::from_slice(rest_mask.as_flattened()).view([3, 5]);
         let grads = |loss: Tensor| -> Vec<Tensor> {
-            for mut v in model.vs.trainable_variables() {
-                v.zero_grad();
-            }
+            zero_trainable_grads(model);
             loss.backward();
-            model
-                .vs
-                .trainable_variables()
-                .iter()
-                .map(|v| v.grad().copy())
-                .collect()
+            trainable_grads(model)
         };
         // A loss with different weights per position, so every gradient path matters.
         let w = Tensor::arange(15, (Kind::Float, Device::Cpu)).view([3, 5]) / 7.0 + 0.5;
@@ -317,10 +333,7 @@ fn shared_prompt_logprobs_and_gradients_equal_full_rows() {
         let g_full = grads((&full_rest * &w).sum(Kind::Float));
         let g_shared = grads((&shared.dense * &w).sum(Kind::Float));
         assert!(!g_full.is_empty());
-        let mut worst = 0.0f64;
-        for (a, b) in g_full.iter().zip(&g_shared) {
-            worst = worst.max(max_abs_diff(a, b) / (1e-3 + a.abs().max().double_value(&[])));
-        }
+        let worst = worst_relative_diff(&g_full, &g_shared);
         assert!(
             worst < 1e-4,
             "{family}: relative gradient difference {worst}"
@@ -340,21 +353,8 @@ fn prefix_shared_across_micro_batches_gives_the_full_rows_gradients() {
         let rests: [&[i64]; 3] = [&[1000, 4, 4, 61, 2], &[17, 250, 3], &[9, 9, 400, 12]];
         let masks: [&[u8]; 3] = [&[1, 1, 0, 1, 1], &[1, 1, 1], &[0, 1, 1, 1]];
         let weight = |row: usize, c: usize| (row * 5 + c) as f64 / 7.0 + 0.5;
-        let grads = || -> Vec<Tensor> {
-            model
-                .vs
-                .trainable_variables()
-                .iter()
-                .map(|v| v.grad().copy())
-                .collect()
-        };
-        let zero = || {
-            for mut v in model.vs.trainable_variables() {
-                v.zero_grad();
-            }
-        };
         // Full rows, one micro-batch each.
-        zero();
+        zero_trainable_grads(model);
         for (row, (rest, m)) in rests.iter().zip(masks).enumerate() {
             let ids: Vec<i64> = prompt.iter().chain(rest.iter()).copied().collect();
             let mask: Vec<u8> = [0u8; 5].iter().chain(m).copied().collect();
@@ -370,9 +370,9 @@ fn prefix_shared_across_micro_batches_gives_the_full_rows_gradients() {
                 .sum(Kind::Float)
                 .backward();
         }
-        let g_full = grads();
+        let g_full = trainable_grads(model);
         // Shared prefix.
-        zero();
+        zero_trainable_grads(model);
         let prefix = trainer::logprobs::Prefix::forward(model, &Tensor::from_slice(&prompt));
         let leaves = prefix.detached();
         for (row, (rest, m)) in rests.iter().zip(masks).enumerate() {
@@ -387,20 +387,15 @@ fn prefix_shared_across_micro_batches_gives_the_full_rows_gradients() {
                 .sum(Kind::Float)
                 .backward();
         }
-        let g_rows_only = grads();
+        let g_rows_only = trainable_grads(model);
         prefix.backward_from(&leaves);
-        let g_shared = grads();
-        let worst = |x: &[Tensor], y: &[Tensor]| {
-            x.iter().zip(y).fold(0.0f64, |w, (a, b)| {
-                w.max(max_abs_diff(a, b) / (1e-3 + a.abs().max().double_value(&[])))
-            })
-        };
+        let g_shared = trainable_grads(model);
         assert!(!g_full.is_empty());
-        let diff = worst(&g_full, &g_shared);
+        let diff = worst_relative_diff(&g_full, &g_shared);
         assert!(diff < 1e-4, "{family}: relative gradient difference {diff}");
         // The prefix's share of the gradient is not negligible: without `backward_from` the
         // comparison above fails.
-        let missing = worst(&g_full, &g_rows_only);
+        let missing = worst_relative_diff(&g_full, &g_rows_only);
         assert!(
             missing > 1e-2,
             "{family}: the prefix carried only {missing}"
