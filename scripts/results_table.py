@@ -6,7 +6,7 @@ import sys
 run = sys.argv[1]
 rows = []
 for subset in ["sparse", "dense"]:
-    for m in ["random", "pop", "itemknn", "bpr", "sasrec", "ease", "fusion-adaptive"]:
+    for m in ["random", "pop", "itemknn", "bpr", "sasrec", "ease", "transitions", "fusion-adaptive"]:
         p = f"{run}/baseline-{m}-{subset}.json"
         if os.path.exists(p):
             r = json.load(open(p))

@@ -24,7 +24,7 @@ fi
 
 stamp "classical baselines (test split, 100 users per subset)"
 for subset in sparse dense; do
-  for m in random pop itemknn bpr sasrec ease; do
+  for m in random pop itemknn bpr sasrec ease transitions; do
     "$BIN" baseline --data "$RUN/ml-100k.h5" --method $m --subset $subset --out "$RUN/baseline-$m-$subset.json"
   done
 done

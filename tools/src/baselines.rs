@@ -16,6 +16,8 @@ pub enum Method {
     SasRec,
     /// EASE (`models::ease`), fit on the horizon's sequences.
     Ease,
+    /// Item-to-item transitions from the user's last items (`models::transitions`).
+    Transitions,
     /// The collaborative evidence fused as `rank_candidates` does (`fusion.rs`; weights fit
     /// on training episodes): the ranking an agent gets by copying that tool.
     Fusion(Preset),
@@ -33,6 +35,7 @@ impl Method {
             "bpr" => Self::Bpr,
             "sasrec" => Self::SasRec,
             "ease" => Self::Ease,
+            "transitions" => Self::Transitions,
             "fusion:adaptive" => Self::FusionAdaptive,
             o => match o.strip_prefix("fusion").map(|p| p.trim_start_matches(':')) {
                 Some("") => Self::Fusion(Preset::All),
@@ -40,18 +43,19 @@ impl Method {
                     format!("--method `{o}`: expected fusion:all|collaborative|sequential|popular|adaptive")
                 })?),
                 None => bail!(
-                    "--method `{o}`: expected random, pop, itemknn, bpr, sasrec, ease or fusion[:preset]"
+                    "--method `{o}`: expected random, pop, itemknn, bpr, sasrec, ease, transitions or fusion[:preset]"
                 ),
             },
         })
     }
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 7] = [
         Self::Random,
         Self::Pop,
         Self::ItemKnn,
         Self::Bpr,
         Self::SasRec,
         Self::Ease,
+        Self::Transitions,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -61,6 +65,7 @@ impl Method {
             Self::Bpr => "bpr",
             Self::SasRec => "sasrec",
             Self::Ease => "ease",
+            Self::Transitions => "transitions",
             Self::Fusion(Preset::All) => "fusion",
             Self::Fusion(Preset::Collaborative) => "fusion:collaborative",
             Self::Fusion(Preset::Sequential) => "fusion:sequential",
@@ -112,6 +117,10 @@ pub fn scores(w: &World, e: &Episode, method: Method, rng: &mut StdRng) -> Vec<f
                 .into_iter()
                 .map(f64::from)
                 .collect()
+        }
+        Method::Transitions => {
+            let items: Vec<u32> = history.iter().map(|h| h.item).collect();
+            k.transitions().score(&items, &e.candidates)
         }
         Method::Fusion(p) => w.fusion().fuse(&ep, p).scores,
         Method::FusionAdaptive => w.fusion().fuse(&ep, w.preset_for(ep.history.len())).scores,

@@ -31,13 +31,18 @@ pub enum Signal {
     /// log(1 + interactions) in the two weeks up to the user's last known interaction: what
     /// was being watched at the time (other users' past only, never the future).
     Trending,
+    /// EASE item-item score of the whole history (`models::ease`).
+    Ease,
+    /// What other users watched within ten items after the user's last ten
+    /// (`models::transitions`).
+    Transitions,
 }
 
 /// The window of `Signal::Trending`.
 pub const TRENDING_WINDOW_S: i64 = 14 * 24 * 3600;
 
 impl Signal {
-    pub const ALL: [Signal; 7] = [
+    pub const ALL: [Signal; 9] = [
         Self::Bpr,
         Self::SasRec,
         Self::CoRecent,
@@ -45,6 +50,8 @@ impl Signal {
         Self::SimilarUsers,
         Self::Popularity,
         Self::Trending,
+        Self::Ease,
+        Self::Transitions,
     ];
 
     /// Short label used in observations.
@@ -57,6 +64,8 @@ impl Signal {
             Self::SimilarUsers => "similar",
             Self::Popularity => "pop",
             Self::Trending => "trending",
+            Self::Ease => "ease",
+            Self::Transitions => "next",
         }
     }
 
@@ -115,6 +124,18 @@ impl Signal {
                     .collect(),
                 None => vec![0.0; cands.len()],
             },
+            Self::Ease => {
+                let items: Vec<u32> = ep.history.iter().map(|e| e.item).collect();
+                k.ease()
+                    .score(&items, cands)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect()
+            }
+            Self::Transitions => {
+                let items: Vec<u32> = ep.history.iter().map(|e| e.item).collect();
+                k.transitions().score(&items, cands)
+            }
         };
         raw.into_iter()
             .map(|x| if x.is_finite() { x } else { 0.0 })
@@ -127,9 +148,10 @@ impl Signal {
 pub enum Preset {
     /// Every signal, fused.
     All,
-    /// What users with similar taste liked: BPR and similar users.
+    /// What users with similar taste liked: BPR, similar users and EASE.
     Collaborative,
-    /// What follows the user's recent items: SASRec and co-occurrence with the last five.
+    /// What follows the user's recent items: SASRec, co-occurrence with the last five and
+    /// transitions from the last ten.
     Sequential,
     /// What is widely watched: popularity and co-occurrence with the whole history.
     Popular,
@@ -159,8 +181,8 @@ impl Preset {
     pub fn signals(self) -> &'static [Signal] {
         match self {
             Self::All => &Signal::ALL,
-            Self::Collaborative => &[Signal::Bpr, Signal::SimilarUsers],
-            Self::Sequential => &[Signal::SasRec, Signal::CoRecent],
+            Self::Collaborative => &[Signal::Bpr, Signal::SimilarUsers, Signal::Ease],
+            Self::Sequential => &[Signal::SasRec, Signal::CoRecent, Signal::Transitions],
             Self::Popular => &[Signal::Popularity, Signal::Trending, Signal::CoHistory],
         }
     }
@@ -168,9 +190,11 @@ impl Preset {
     pub fn describe(self) -> &'static str {
         match self {
             Self::All => "all collaborative evidence fused",
-            Self::Collaborative => "what users with similar taste liked (BPR, similar users)",
+            Self::Collaborative => {
+                "what users with similar taste liked (BPR, similar users, EASE)"
+            }
             Self::Sequential => {
-                "what tends to follow the user's recent items (SASRec, co-watched with the last five)"
+                "what tends to follow the user's recent items (SASRec, co-watched with the last five, watched next after the last ten)"
             }
             Self::Popular => {
                 "what is widely watched, watched at the time, and co-watched with the user's whole history"

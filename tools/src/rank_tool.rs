@@ -1,5 +1,6 @@
 //! `rank_candidates`, the sixth tool: the candidates ordered by the collaborative models'
-//! evidence (BPR, SASRec, co-occurrence, similar users, popularity), fused with weights fit
+//! evidence (BPR, SASRec, EASE, co-occurrence, what other users watched next, similar users,
+//! popularity), fused with weights fit
 //! on training episodes (`fusion.rs`). The order comes first and is compact, so that using
 //! it is copying, not arithmetic; the strongest candidates follow with the signals behind
 //! them.
@@ -16,7 +17,7 @@ impl Tool for RankCandidates {
         "rank_candidates"
     }
     fn description(&self) -> &'static str {
-        "The candidates ranked by collaborative-filtering models, strongest first: by all evidence fused, or only collaborative (similar users, BPR), sequential (what follows the user's recent items) or popular evidence."
+        "The candidates ranked by collaborative-filtering models, strongest first: by all evidence fused, or only collaborative (similar users, BPR, EASE), sequential (what follows the user's recent items) or popular evidence."
     }
     fn parameters(&self) -> Value {
         let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();

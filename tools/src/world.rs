@@ -12,6 +12,7 @@
 
 use crate::fusion::{FittedFusion, PresetChoice};
 use crate::models::ease::{self, Ease};
+use crate::models::transitions::Transitions;
 use crate::models::{CfModels, TrainOptions};
 use datasets::{Episode, Event, Prepared, Split};
 use std::collections::HashMap;
@@ -102,6 +103,8 @@ pub struct Knowledge {
     pub models: CfModels,
     /// EASE on `sequences`, fit on first use (closed form, not stored: `models::ease`).
     ease: std::sync::OnceLock<Ease>,
+    /// Item-to-item transitions on `sequences`, counted on first use (`models::transitions`).
+    transitions: std::sync::OnceLock<Transitions>,
 }
 
 impl Knowledge {
@@ -130,7 +133,14 @@ impl Knowledge {
             item_times,
             models,
             ease: std::sync::OnceLock::new(),
+            transitions: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What follows what in this horizon's sequences, counted the first time it is asked for.
+    pub fn transitions(&self) -> &Transitions {
+        self.transitions
+            .get_or_init(|| Transitions::train(&self.sequences, self.item_stats.len()))
     }
 
     /// EASE fit on this horizon's sequences the first time it is asked for (~0.5 s on

@@ -84,7 +84,7 @@ pub fn run_tools(a: ToolsArgs) -> Result<()> {
 pub struct BaselineArgs {
     #[arg(long)]
     data: PathBuf,
-    /// random | pop | itemknn | bpr | sasrec | ease | fusion[:all|collaborative|sequential|popular|adaptive]
+    /// random | pop | itemknn | bpr | sasrec | ease | transitions | fusion[:all|collaborative|sequential|popular|adaptive]
     #[arg(long)]
     method: String,
     #[arg(long, default_value = "dense")]

@@ -6,6 +6,7 @@ pub mod bpr;
 pub mod cooc;
 pub mod ease;
 pub mod sasrec;
+pub mod transitions;
 pub mod userknn;
 
 use anyhow::{bail, Result};

@@ -78,7 +78,7 @@ pub fn scripted(
         .map(|e| w.title(e.item))
         .collect();
     let situation = if short {
-        format!("The user has only {n_hist} items in their history, so what users with similar taste liked says the most.")
+        format!("The user has only {n_hist} items in their history, so what users with similar taste liked and what tends to follow their latest items say the most.")
     } else {
         format!(
             "The user has {n_hist} items in their history, most recently {}: both their long-term taste and what they watched last matter.",
