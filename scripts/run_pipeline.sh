@@ -3,7 +3,7 @@
 # embedded default (MovieLens-100k + SmolLM2-135M-Instruct, CPU), sized for about 15 minutes
 # on a 2-core machine:
 #   prepare -> baselines -> synth -> SFT (LoRA) -> GRPO -> eval -> export,
-# ending with a results table. Outputs go to $RUN_DIR (default checkpoints/pipeline).
+# ending with a results table. Outputs go to checkpoints/pipeline (configs/*.toml name it).
 # Longer runs: raise steps in configs/sft.toml and configs/rl.toml, and EVAL_USERS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
