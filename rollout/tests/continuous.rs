@@ -204,7 +204,11 @@ fn continuous_batching_gives_the_rows_of_one_big_batch() {
         })
         .unwrap();
         assert_eq!(chunks, vec![2, 2, 1]);
-        assert_rows_equal(&rows, &want, 1e-4, &format!("t={temperature} run_batches"));
+        // f32 with other batch shapes (other GEMM blocking over ~2,000-token rows): the
+        // tokens above are compared exactly; this tiny random model's log-probs are about
+        // -11, so 3e-4 is ~3e-5 relative (measured: up to 1.3e-4 since the tool outputs
+        // grew with the transitions signal, 4.9e-5 before).
+        assert_rows_equal(&rows, &want, 3e-4, &format!("t={temperature} run_batches"));
     }
 }
 
