@@ -1,6 +1,6 @@
 //! The classical recommenders the agent must beat, scoring an episode's candidates.
 
-use crate::fusion::Preset;
+use crate::fusion::{Preset, Signal};
 use crate::world::{EpisodeView, World};
 use anyhow::{bail, Context, Result};
 use datasets::Episode;
@@ -110,18 +110,9 @@ pub fn scores(w: &World, e: &Episode, method: Method, rng: &mut StdRng) -> Vec<f
                 .map(f64::from)
                 .collect()
         }
-        Method::Ease => {
-            let items: Vec<u32> = history.iter().map(|h| h.item).collect();
-            k.ease()
-                .score(&items, &e.candidates)
-                .into_iter()
-                .map(f64::from)
-                .collect()
-        }
-        Method::Transitions => {
-            let items: Vec<u32> = history.iter().map(|h| h.item).collect();
-            k.transitions().score(&items, &e.candidates)
-        }
+        // The same scores `rank_candidates` fuses (`fusion::Signal`).
+        Method::Ease => Signal::Ease.scores(&ep),
+        Method::Transitions => Signal::Transitions.scores(&ep),
         Method::Fusion(p) => w.fusion().fuse(&ep, p).scores,
         Method::FusionAdaptive => w.fusion().fuse(&ep, w.preset_for(ep.history.len())).scores,
     }
