@@ -187,6 +187,12 @@ impl Validate for SynthConfig {
             at_least("limit_episodes", n, 1)?;
         }
         number("min_ndcg", self.min_ndcg, 0.0, 1.0, false)?;
+        if self.explore_presets && self.teacher != "scripted" {
+            return Err(format!(
+                "`explore_presets` = true needs teacher = \"scripted\" (the teacher is `{}`)",
+                self.teacher
+            ));
+        }
         agent("agent", &self.agent)?;
         if let Some(m) = &self.model {
             model_teacher(m)?;

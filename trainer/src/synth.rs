@@ -41,6 +41,11 @@ pub struct SynthConfig {
     /// keeps the teacher's plan variety) or `fewest_calls`.
     #[serde(default)]
     pub prefer: Preference,
+    /// Scripted teacher only: write every plan once per `rank_candidates` preset (all,
+    /// collaborative, sequential, popular) and let the rejection filter keep the best per
+    /// episode, instead of only the preset validation chose.
+    #[serde(default)]
+    pub explore_presets: bool,
     #[serde(default)]
     pub seed: u64,
     #[serde(default)]
@@ -75,6 +80,7 @@ fn teacher(cfg: &SynthConfig, path: &Path) -> Result<Box<dyn Teacher>> {
         "scripted" => Box::new(Scripted {
             history_len: cfg.agent.prompt_history_len,
             max_turns: cfg.agent.max_turns,
+            explore_presets: cfg.explore_presets,
         }),
         "model" => Box::new(ModelTeacher {
             cfg: cfg.model.clone().with_context(|| {
@@ -126,6 +132,7 @@ pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
         std::fs::create_dir_all(dir)?;
     }
     let mut kept = Vec::new();
+    let mut presets: std::collections::BTreeMap<String, usize> = Default::default();
     lm::fsutil::write_atomic_with(&cfg.out, |out| {
         for (ep, cands) in episodes.iter().zip(played.candidates) {
             let pick = cfg.seed ^ ((ep.user as u64) << 24) ^ ep.pos as u64;
@@ -134,12 +141,14 @@ pub fn run(cfg: &SynthConfig, path: &Path) -> Result<serde_json::Value> {
                     "ndcg@10": ndcg, "tool_calls": c.tool_calls, "messages": c.messages});
                 writeln!(out, "{line}")?;
                 kept.push((c.tool_calls, ndcg, tools_used(&c.messages)));
+                *presets.entry(presets_used(&c.messages)).or_default() += 1;
             }
         }
         Ok(())
     })?;
     let mut summary = summary(&kept, episodes.len());
     summary["failed_episodes"] = json!(played.failed_episodes);
+    summary["rank_candidates_by"] = json!(presets);
     lm::fsutil::write_atomic(
         &cfg.out.with_extension("summary.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
@@ -193,18 +202,41 @@ pub fn select(
     }
 }
 
-/// The tool names a conversation called, in order.
-fn tools_used(messages: &[Message]) -> Vec<String> {
+/// The tool calls a conversation made, in order.
+fn calls(messages: &[Message]) -> impl Iterator<Item = tools::ToolCall> + '_ {
     messages
         .iter()
         .filter(|m| m.role == "assistant")
         .filter_map(
             |m| match classify(&m.content, &StopReason::Eos, 0, usize::MAX) {
-                TurnAction::Call(raw) => tools::ToolCall::parse(&raw).ok().map(|c| c.name),
+                TurnAction::Call(raw) => tools::ToolCall::parse(&raw).ok(),
                 TurnAction::End(_) => None,
             },
         )
-        .collect()
+}
+
+/// The tool names a conversation called, in order.
+fn tools_used(messages: &[Message]) -> Vec<String> {
+    calls(messages).map(|c| c.name).collect()
+}
+
+/// The `by` argument(s) of a conversation's `rank_candidates` calls ("none" without one).
+fn presets_used(messages: &[Message]) -> String {
+    let by: Vec<String> = calls(messages)
+        .filter(|c| c.name == "rank_candidates")
+        .map(|c| {
+            c.arguments
+                .get("by")
+                .and_then(|v| v.as_str())
+                .unwrap_or("all")
+                .to_string()
+        })
+        .collect();
+    if by.is_empty() {
+        "none".into()
+    } else {
+        by.join(" > ")
+    }
 }
 
 pub fn summary(kept: &[(usize, f64, Vec<String>)], total: usize) -> serde_json::Value {

@@ -388,6 +388,22 @@ fn every_out_of_domain_value_is_named() {
             cases += 1;
         }
     }
+    // Exploring the evidence presets is the scripted teacher's.
+    let mut base = resolved(Kind::Synth, &dir);
+    base.insert("teacher".into(), s("openai"));
+    let msg = load_err(
+        Kind::Synth,
+        &dir,
+        &with(&base, "explore_presets", Some(Value::Boolean(true))),
+    )
+    .expect("explore_presets with the openai teacher was accepted");
+    assert_names(
+        &msg,
+        &case,
+        "explore_presets",
+        "explore_presets, teacher openai",
+    );
+    cases += 1;
     // Validation needs its data.
     let base = resolved(Kind::Sft, &dir);
     let msg = load_err(Kind::Sft, &dir, &with(&base, "eval_data", None)).expect("accepted");

@@ -4,6 +4,12 @@
 //! `tools::fusion`), so the student learns to gather evidence and copy a strong ranking; its
 //! plans adapt to the user (short histories: similar users' taste; longer ones: what they
 //! watched last) and come in three lengths, so the SFT set is not one plan.
+//!
+//! With `explore_presets` (synth config) the teacher also explores its evidence: every plan
+//! is written once per `rank_candidates` preset, and the rejection filter keeps the best
+//! per episode (rejection sampling over the teacher's choices, as self-augmented SFT sets
+//! are built). The student then learns every preset and when each won in hindsight; GRPO
+//! learns which one pays on average.
 
 use super::{Candidate, Teacher, TeacherOutput};
 use anyhow::Result;
@@ -14,11 +20,14 @@ use rayon::prelude::*;
 use rollout::prompt::{system_prompt, user_prompt};
 use rollout::protocol;
 use serde_json::{json, Value};
+use tools::fusion::Preset;
 use tools::{EpisodeView, Registry, ToolCall, World};
 
 pub struct Scripted {
     pub history_len: usize,
     pub max_turns: usize,
+    /// Write every plan with each evidence preset, not only the one validation chose.
+    pub explore_presets: bool,
 }
 
 impl Teacher for Scripted {
@@ -33,7 +42,16 @@ impl Teacher for Scripted {
         let candidates = episodes
             .par_iter()
             .map(|ep| {
-                let c = scripted(world, reg, ep, self.history_len, self.max_turns);
+                let c = if self.explore_presets {
+                    Preset::ALL
+                        .iter()
+                        .flat_map(|&p| {
+                            scripted_with(world, reg, ep, self.history_len, self.max_turns, p)
+                        })
+                        .collect()
+                } else {
+                    scripted(world, reg, ep, self.history_len, self.max_turns)
+                };
                 bar.inc(1);
                 c
             })
@@ -61,10 +79,23 @@ pub fn scripted(
     history_len: usize,
     max_turns: usize,
 ) -> Vec<Candidate> {
+    let preset = w.preset_for(EpisodeView::new(w, ep).history.len());
+    scripted_with(w, reg, ep, history_len, max_turns, preset)
+}
+
+/// The scripted teacher's plans for one episode, shortest first, each ending with the
+/// ranking `rank_candidates` returns for `preset`.
+pub fn scripted_with(
+    w: &World,
+    reg: &Registry,
+    ep: &Episode,
+    history_len: usize,
+    max_turns: usize,
+    preset: Preset,
+) -> Vec<Candidate> {
     let view = EpisodeView::new(w, ep);
     let fusion = w.fusion();
     let n_hist = view.history.len();
-    let preset = w.preset_for(n_hist);
     let short = fusion.bucket(n_hist) == 0;
     let head = vec![
         Message::system(system_prompt(Some(reg), max_turns)),
