@@ -3,26 +3,16 @@
 
 use testkit as support;
 
-use datasets::{prepare, read_raw, PrepareConfig, Split, Subset};
+use datasets::{Split, Subset};
 use lm::chat::ChatTemplate;
 use lm::tokenizer::Tokenizer;
 use rollout::scripted::Scripted;
 use rollout::{run_agent, AgentConfig, AgentEnv, AgentRow, EndReason};
 use support::*;
-use tools::models::TrainOptions;
 use tools::World;
 
 fn world() -> World {
-    let raw =
-        read_raw("ml-100k", None).expect("MovieLens-100k from recbole (run scripts/setup.sh)");
-    let d = prepare(&raw, &PrepareConfig::new("ml-100k", 42)).unwrap();
-    let opts = TrainOptions {
-        seed: 1,
-        bpr_epochs: 1,
-        sasrec_epochs: 1,
-        progress: false,
-    };
-    World::train(d, &opts).unwrap()
+    testkit::world::ml100k_world()
 }
 
 fn run(scripts: Vec<Vec<String>>, cfg: &AgentConfig) -> (Vec<AgentRow>, usize) {

@@ -4,7 +4,7 @@
 
 use testkit as support;
 
-use datasets::{prepare, read_raw, Episode, PrepareConfig, Split, Subset};
+use datasets::{Episode, Split, Subset};
 use lm::device::{parse_device, parse_dtype};
 use lm::engine::Engine;
 use lm::Policy;
@@ -13,20 +13,10 @@ use rollout::{
     run_agent, run_agent_continuous, run_batches, AgentConfig, AgentEnv, AgentRow, EndReason,
 };
 use support::*;
-use tools::models::TrainOptions;
 use tools::World;
 
 fn world() -> World {
-    let raw =
-        read_raw("ml-100k", None).expect("MovieLens-100k from recbole (run scripts/setup.sh)");
-    let d = prepare(&raw, &PrepareConfig::new("ml-100k", 42)).unwrap();
-    let opts = TrainOptions {
-        seed: 1,
-        bpr_epochs: 1,
-        sasrec_epochs: 1,
-        progress: false,
-    };
-    World::train(d, &opts).unwrap()
+    testkit::world::ml100k_world()
 }
 
 fn load(dir: &std::path::Path) -> Policy {

@@ -32,7 +32,6 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Instant;
-use tools::models::TrainOptions;
 use tools::World;
 
 // ---------------------------------------------------------------------------------------
@@ -54,13 +53,7 @@ fn data() -> &'static Prepared {
 }
 
 fn world_of(d: Prepared) -> World {
-    let opts = TrainOptions {
-        seed: 1,
-        bpr_epochs: 1,
-        sasrec_epochs: 1,
-        progress: false,
-    };
-    World::train(d, &opts).expect("training on the synthetic dataset")
+    testkit::world::quick_world(d)
 }
 
 struct Env {

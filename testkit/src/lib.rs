@@ -2,6 +2,7 @@
 
 pub mod synthetic;
 pub mod tensorboard;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

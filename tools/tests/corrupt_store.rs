@@ -7,11 +7,9 @@
 //!
 //! Case counts are printed (`cargo test -p tools --test corrupt_store -- --nocapture`).
 
-use datasets::{prepare, PrepareConfig};
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor, VarLenUnicode};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use tools::models::TrainOptions;
 use tools::{EpisodeView, World};
 
 fn scratch() -> PathBuf {
@@ -29,24 +27,7 @@ fn scratch() -> PathBuf {
 
 /// A small synthetic world written as `data prepare` writes it.
 fn write_store(path: &Path) -> World {
-    let raw = testkit::synthetic::raw_dataset(40, 80, 3);
-    let d = prepare(
-        &raw,
-        &PrepareConfig {
-            subset_users: 8,
-            ..PrepareConfig::new("synthetic", 2)
-        },
-    )
-    .expect("prepare");
-    let opts = TrainOptions {
-        seed: 1,
-        bpr_epochs: 1,
-        sasrec_epochs: 1,
-        progress: false,
-    };
-    let w = World::train(d, &opts).expect("train");
-    tools::world::save(&w, path).expect("writing the store");
-    w
+    testkit::world::synthetic_store(path, 3)
 }
 
 /// Every dataset in the file, by full path.

@@ -6,28 +6,18 @@
 
 use testkit as support;
 
-use datasets::{prepare, read_raw, PrepareConfig, Split, Subset};
+use datasets::{Split, Subset};
 use lm::chat::ChatTemplate;
 use lm::tokenizer::Tokenizer;
 use rollout::scripted::Scripted;
 use rollout::{run_agent, AgentConfig, AgentEnv};
 use support::*;
-use tools::models::TrainOptions;
 use tools::World;
 use trainer::sequence::tokenize_conversation;
 use trainer::teachers::scripted::scripted;
 
 fn world() -> World {
-    let raw =
-        read_raw("ml-100k", None).expect("MovieLens-100k from recbole (run scripts/setup.sh)");
-    let d = prepare(&raw, &PrepareConfig::new("ml-100k", 42)).unwrap();
-    let opts = TrainOptions {
-        seed: 1,
-        bpr_epochs: 1,
-        sasrec_epochs: 1,
-        progress: false,
-    };
-    World::train(d, &opts).unwrap()
+    testkit::world::ml100k_world()
 }
 
 #[test]

@@ -4,31 +4,15 @@
 //! trajectory is at least as good, the kept set uses more than one preset, and every answer
 //! is the ranking its own `rank_candidates` call returned.
 
-use datasets::{prepare, PrepareConfig};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use testkit::scratch;
-use tools::models::TrainOptions;
-use tools::World;
 use trainer::synth::SynthConfig;
 
 fn store(dir: &Path) -> PathBuf {
-    let raw = testkit::synthetic::raw_dataset(40, 80, 5);
-    let cfg = PrepareConfig {
-        subset_users: 8,
-        ..PrepareConfig::new("synthetic", 2)
-    };
-    let d = prepare(&raw, &cfg).expect("prepare");
-    let opts = TrainOptions {
-        seed: 1,
-        bpr_epochs: 1,
-        sasrec_epochs: 1,
-        progress: false,
-    };
-    let w = World::train(d, &opts).expect("train");
     let path = dir.join("store.h5");
-    tools::world::save(&w, &path).expect("writing the store");
+    testkit::world::synthetic_store(&path, 5);
     path
 }
 

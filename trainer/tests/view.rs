@@ -7,7 +7,7 @@
 //! ranks and hostile model text, the SFT set of `recthinker synth` (scripted teacher), and a
 //! run directory written by `RunDir` with its PNGs drawn by `plot`.
 
-use datasets::{prepare, Episode, PrepareConfig, Split, Subset};
+use datasets::{Episode, Split, Subset};
 use lm::chat::Message;
 use reward::RewardConfig;
 use rollout::protocol::{answer_turn, call_turn, tool_response};
@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use testkit::{scratch, tiny_model};
-use tools::models::TrainOptions;
 use tools::{EpisodeView, ToolCall, World};
 use trainer::run_dir::{Reporter, RunDir};
 use trainer::trajectory::{score, to_json};
@@ -52,22 +51,8 @@ fn s(p: &Path) -> &str {
 fn world() -> &'static (World, PathBuf) {
     static WORLD: OnceLock<(World, PathBuf)> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let raw = testkit::synthetic::raw_dataset(40, 80, 3);
-        let cfg = PrepareConfig {
-            subset_users: 8,
-            ..PrepareConfig::new("synthetic", 2)
-        };
-        let d = prepare(&raw, &cfg).expect("prepare");
-        let opts = TrainOptions {
-            seed: 1,
-            bpr_epochs: 1,
-            sasrec_epochs: 1,
-            progress: false,
-        };
-        let w = World::train(d, &opts).expect("train");
         let path = scratch("view-store").keep().join("store.h5");
-        tools::world::save(&w, &path).expect("writing the store");
-        (w, path)
+        (testkit::world::synthetic_store(&path, 3), path)
     })
 }
 

@@ -2,14 +2,11 @@
 //! CLI, reading checkpoints and metrics, tiny SFT and GRPO configs and a small synthetic store.
 #![allow(dead_code)]
 
-use datasets::{prepare, PrepareConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use tch::Tensor;
 use testkit::{scratch, tiny_model};
-use tools::models::TrainOptions;
-use tools::World;
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_recthinker"))
@@ -141,21 +138,8 @@ pub fn sft_config(dir: &Path, name: &str, lora: bool, steps: usize, optim: &str)
 pub fn store() -> &'static PathBuf {
     static STORE: OnceLock<PathBuf> = OnceLock::new();
     STORE.get_or_init(|| {
-        let raw = testkit::synthetic::raw_dataset(40, 80, 3);
-        let cfg = PrepareConfig {
-            subset_users: 8,
-            ..PrepareConfig::new("synthetic", 2)
-        };
-        let d = prepare(&raw, &cfg).expect("prepare");
-        let opts = TrainOptions {
-            seed: 1,
-            bpr_epochs: 1,
-            sasrec_epochs: 1,
-            progress: false,
-        };
-        let w = World::train(d, &opts).expect("train");
         let path = scratch("faults-store").keep().join("store.h5");
-        tools::world::save(&w, &path).expect("writing the store");
+        testkit::world::synthetic_store(&path, 3);
         path
     })
 }
