@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: the repo's venv Python, reference models.
 
+pub mod fuzz;
 pub mod synthetic;
 pub mod tensorboard;
 pub mod world;

@@ -1,33 +1,13 @@
 //! Generators of hostile model output shared by `fuzz_protocol.rs` and `fuzz_agent.rs`, and
-//! their proptest runner (`RECTHINKER_FUZZ_SCALE`, `RECTHINKER_FUZZ_SEED`).
+//! their proptest runner (`testkit::fuzz`: `RECTHINKER_FUZZ_SCALE`, `RECTHINKER_FUZZ_SEED`).
 #![allow(dead_code)]
 
 use lm::engine::StopReason;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
 use rollout::protocol::{answer_block, with_thinking, ANSWER, THINK, TOOL_CALL, TOOL_RESPONSE};
 use serde_json::{json, Value};
 
-pub fn scale() -> u32 {
-    std::env::var("RECTHINKER_FUZZ_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
-}
-
-pub fn runner(cases: u32) -> TestRunner {
-    let seed = std::env::var("RECTHINKER_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(14);
-    TestRunner::new(Config {
-        cases: cases * scale(),
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(seed),
-        max_shrink_iters: 2000,
-        ..Config::default()
-    })
-}
+pub use testkit::fuzz::runner;
 
 // ---------------------------------------------------------------------------------------
 // Generators of hostile model output.
