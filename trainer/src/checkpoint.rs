@@ -221,7 +221,7 @@ pub fn save(
     write_atomic(&dir.join("latest"), name.as_bytes())
         .with_context(|| format!("pointing {} at {name}", dir.join("latest").display()))?;
     if keep > 0 {
-        let best = best(dir)?.and_then(|(p, _)| p.file_name().map(|n| n.to_owned()));
+        let best = best(dir)?.and_then(|b| b.path.file_name().map(|n| n.to_owned()));
         let mut steps: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -243,17 +243,43 @@ pub fn save(
 
 const BEST: &str = "best.json";
 
-/// Marks checkpoint `name` (in `dir`) as the best so far by `metric` = `value`.
-pub fn mark_best(dir: &Path, name: &str, metric: &str, value: f64) -> Result<()> {
-    let v = serde_json::json!({"checkpoint": name, "metric": metric, "value": value});
+/// Marks checkpoint `name` (in `dir`) as the best so far by `metric` = `value`, with the
+/// validation's tool calls per episode where known (selection's tie-break).
+pub fn mark_best(
+    dir: &Path,
+    name: &str,
+    metric: &str,
+    value: f64,
+    tool_calls: Option<f64>,
+) -> Result<()> {
+    let v = serde_json::json!({"checkpoint": name, "metric": metric, "value": value, "tool_calls": tool_calls});
     write_atomic(
         &dir.join(BEST),
         serde_json::to_string_pretty(&v)?.as_bytes(),
     )
 }
 
-/// The checkpoint marked best by validation, with its value, if any.
-pub fn best(dir: &Path) -> Result<Option<(PathBuf, f64)>> {
+/// The checkpoint validation selected (`best.json`).
+#[derive(Debug, Clone)]
+pub struct Best {
+    pub path: PathBuf,
+    /// Its validation NDCG@10.
+    pub value: f64,
+    /// Its validation tool calls per episode (absent in files written before the tie-break).
+    pub tool_calls: Option<f64>,
+}
+
+impl Best {
+    /// Whether a validation scoring `value` with `calls` tool calls per episode replaces
+    /// this one: higher NDCG@10, or equal (within 1e-9) with fewer calls.
+    pub fn beaten_by(&self, value: f64, calls: Option<f64>) -> bool {
+        let cheaper = matches!((calls, self.tool_calls), (Some(c), Some(b)) if c < b - 1e-9);
+        value > self.value + 1e-9 || ((value - self.value).abs() <= 1e-9 && cheaper)
+    }
+}
+
+/// The checkpoint marked best by validation, if any.
+pub fn best(dir: &Path) -> Result<Option<Best>> {
     let file = dir.join(BEST);
     if !file.exists() {
         return Ok(None);
@@ -273,7 +299,11 @@ pub fn best(dir: &Path) -> Result<Option<(PathBuf, f64)>> {
             path.display()
         );
     }
-    Ok(Some((path, value)))
+    Ok(Some(Best {
+        path,
+        value,
+        tool_calls: v["tool_calls"].as_f64(),
+    }))
 }
 
 /// The checkpoint `latest` points at, if any.
@@ -387,4 +417,40 @@ pub fn load_optimizer(opt: &mut AdamW, ckpt: &Path) -> Result<()> {
         .map(|(k, v)| (k, v.to_device(device)))
         .collect();
     opt.load_state(&state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Best;
+
+    #[test]
+    fn selection_prefers_higher_ndcg_then_fewer_calls() {
+        let b = Best {
+            path: "step-000020".into(),
+            value: 0.8015,
+            tool_calls: Some(3.0),
+        };
+        assert!(
+            b.beaten_by(0.81, Some(6.0)),
+            "higher NDCG wins whatever the calls"
+        );
+        assert!(
+            !b.beaten_by(0.80, Some(1.0)),
+            "lower NDCG loses whatever the calls"
+        );
+        assert!(b.beaten_by(0.8015, Some(1.56)), "a tie goes to fewer calls");
+        assert!(
+            !b.beaten_by(0.8015, Some(3.0)),
+            "a full tie keeps the first"
+        );
+        assert!(!b.beaten_by(0.8015, None), "unknown calls keep the first");
+        let old = Best {
+            tool_calls: None,
+            ..b
+        };
+        assert!(
+            !old.beaten_by(0.8015, Some(1.0)),
+            "a best.json without calls keeps ties"
+        );
+    }
 }

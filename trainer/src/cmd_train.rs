@@ -48,17 +48,22 @@ pub fn export_cmd(a: ExportArgs) -> Result<()> {
     let ck = if a.checkpoint.join("state.json").exists() {
         a.checkpoint.clone()
     } else if a.select == "best" {
-        let (ck, v) = trainer::checkpoint::best(&dir)?.with_context(|| {
+        let b = trainer::checkpoint::best(&dir)?.with_context(|| {
             format!(
                 "{}: no checkpoint was validated (set eval_every in the run's config)",
                 a.checkpoint.display()
             )
         })?;
+        let calls = b
+            .tool_calls
+            .map(|c| format!(", {c:.2} tool calls"))
+            .unwrap_or_default();
         println!(
-            "best checkpoint by validation NDCG@10: {} ({v:.4})",
-            ck.display()
+            "best checkpoint by validation NDCG@10: {} ({:.4}{calls})",
+            b.path.display(),
+            b.value
         );
-        ck
+        b.path
     } else {
         trainer::checkpoint::latest(&dir)?
             .with_context(|| format!("{}: no checkpoint found", a.checkpoint.display()))?

@@ -202,7 +202,7 @@ impl DataParallel {
             self.barrier("checkpoint")?;
         }
         if let Some(v) = line["val_ndcg@10"].as_f64() {
-            tr.record_validation(steps_done, v)?;
+            tr.record_validation(steps_done, v, line["val_tool_calls"].as_f64())?;
         }
         Ok(())
     }

@@ -105,19 +105,21 @@ impl Trainee {
         done.is_multiple_of(self.save_every.max(1)) || done == self.steps
     }
 
-    /// Checkpoint selection: after validation at `done` steps scored `value` (NDCG@10), makes
-    /// that step's checkpoint (saving it if the step was not due) the run's best when it
-    /// beats the previous best. `recthinker export --select best` exports it.
-    pub fn record_validation(&self, done: usize, value: f64) -> Result<bool> {
+    /// Checkpoint selection: after validation at `done` steps scored `value` (NDCG@10) with
+    /// `calls` tool calls per episode, makes that step's checkpoint (saving it if the step was
+    /// not due) the run's best when it beats the previous best, or ties it (within 1e-9) with
+    /// fewer calls: at equal accuracy the cheaper agent. `recthinker export --select best`
+    /// exports it.
+    pub fn record_validation(&self, done: usize, value: f64, calls: Option<f64>) -> Result<bool> {
         let dir = self.run.checkpoints();
-        if checkpoint::best(&dir)?.is_some_and(|(_, best)| best >= value) {
+        if checkpoint::best(&dir)?.is_some_and(|b| !b.beaten_by(value, calls)) {
             return Ok(false);
         }
         let name = format!("step-{done:06}");
         if !dir.join(&name).join("state.json").exists() {
             self.save_checkpoint(done)?;
         }
-        checkpoint::mark_best(&dir, &name, "val_ndcg@10", value)?;
+        checkpoint::mark_best(&dir, &name, "val_ndcg@10", value, calls)?;
         Ok(true)
     }
 

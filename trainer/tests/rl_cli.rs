@@ -85,10 +85,22 @@ fn rl_runs_logs_checkpoints_and_resumes() {
         &std::fs::read_to_string(dir.join("run/checkpoints/best.json")).unwrap(),
     )
     .unwrap();
-    let name = best["checkpoint"].as_str().unwrap();
-    assert!(name == "step-000002" || name == "step-000003", "{best}");
-    let step = if name.ends_with('2') { 1 } else { 2 };
+    // Step 3 replaces step 2 when it validates higher, or equal with fewer tool calls.
+    let val = |i: usize, k: &str| lines[i][k].as_f64().unwrap();
+    let (v2, v3) = (val(1, "val_ndcg@10"), val(2, "val_ndcg@10"));
+    let third = v3 > v2 + 1e-9
+        || ((v3 - v2).abs() <= 1e-9 && val(2, "val_tool_calls") < val(1, "val_tool_calls") - 1e-9);
+    let step = if third { 2 } else { 1 };
+    assert_eq!(
+        best["checkpoint"].as_str(),
+        Some(["", "step-000002", "step-000003"][step]),
+        "{best}"
+    );
     assert_eq!(best["value"].as_f64(), lines[step]["val_ndcg@10"].as_f64());
+    assert_eq!(
+        best["tool_calls"].as_f64(),
+        lines[step]["val_tool_calls"].as_f64()
+    );
     ok(&[
         "export",
         "--checkpoint",
