@@ -15,6 +15,7 @@ pub mod optim;
 pub mod plot;
 pub mod rl;
 pub mod rl_batch;
+pub mod rl_log;
 pub mod run_dir;
 pub mod sequence;
 pub mod serve;

@@ -64,6 +64,11 @@ pub struct RlConfig {
     /// Off by default, as GRPO drops them; benchmarks against TRL turn it on.
     #[serde(default)]
     pub keep_zero_variance_groups: bool,
+    /// Write every rollout (conversation, tool calls, answer, reward, advantage) to
+    /// `run_dir/rollouts/step-NNNNNN.jsonl` (one file per rank when data parallel), in the
+    /// format of `eval --trajectories`: what the policy sampled, step by step.
+    #[serde(default)]
+    pub save_rollouts: bool,
     /// Validation: every N steps (0: never) and after the last, run the agent with
     /// `eval_agent` (greedy by default) on the first `eval_users` validation episodes of
     /// `data`; logs `val_ndcg@10`, `val_valid_rate` and `val_tool_calls`.
@@ -236,6 +241,17 @@ pub fn run(cfg: &RlConfig, resume: bool, stop_after: Option<usize>) -> Result<()
         let adv =
             cfg.advantage
                 .group_advantages(&rewards, cfg.group_size, cfg.keep_zero_variance_groups);
+        if cfg.save_rollouts {
+            crate::rl_log::save_rollouts(
+                &tr.run.root,
+                step + 1,
+                dp.is_distributed().then(|| dp.rank()),
+                &scored,
+                &adv,
+                eps,
+                &world.data,
+            )?;
+        }
         // The metrics are over every rank's rows, in the order of one process.
         let per_row: Vec<f64> = scored
             .iter()

@@ -27,7 +27,7 @@ fn rl_runs_logs_checkpoints_and_resumes() {
     std::fs::write(
         &cfg,
         format!(
-            "run_dir = {:?}\nmodel = {:?}\ndata = {:?}\nsteps = 3\nepisodes_per_step = 2\ngroup_size = 2\nsave_every = 1\neval_every = 2\neval_users = 2\n[eval_agent]\nmax_new_tokens = 12\nmax_turns = 1\n[agent]\ntemperature = 1.0\nmax_new_tokens = 12\nmax_turns = 1\n[loss]\nbeta = 0.1\n",
+            "run_dir = {:?}\nmodel = {:?}\ndata = {:?}\nsteps = 3\nepisodes_per_step = 2\ngroup_size = 2\nsave_every = 1\nsave_rollouts = true\neval_every = 2\neval_users = 2\n[eval_agent]\nmax_new_tokens = 12\nmax_turns = 1\n[agent]\ntemperature = 1.0\nmax_new_tokens = 12\nmax_turns = 1\n[loss]\nbeta = 0.1\n",
             dir.join("run"),
             tiny_model("qwen2"),
             data
@@ -77,6 +77,33 @@ fn rl_runs_logs_checkpoints_and_resumes() {
     assert!(dir
         .join("run/checkpoints/step-000003/weights.safetensors")
         .exists());
+    // save_rollouts: each step's 2 x 2 rows as trajectory lines, whose rewards and validity
+    // average to that step's metrics (steps 1-2 from the first process, 3 after the resume).
+    for (i, l) in lines.iter().enumerate() {
+        let path = dir.join(format!("run/rollouts/step-{:06}.jsonl", i + 1));
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .lines()
+            .map(|r| serde_json::from_str(r).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 4, "{}", path.display());
+        let mean = |f: &dyn Fn(&serde_json::Value) -> f64| rows.iter().map(f).sum::<f64>() / 4.0;
+        let reward = mean(&|r| r["reward"]["total"].as_f64().unwrap());
+        assert!(
+            (reward - l["reward_mean"].as_f64().unwrap()).abs() < 1e-9,
+            "{l}"
+        );
+        let valid = mean(&|r| f64::from(u8::from(r["valid"].as_bool().unwrap())));
+        assert!(
+            (valid - l["valid_rate"].as_f64().unwrap()).abs() < 1e-9,
+            "{l}"
+        );
+        for r in &rows {
+            assert_eq!(r["step"].as_u64(), Some(i as u64 + 1));
+            assert_eq!(r["episode"]["split"], "train");
+            assert!(r["advantage"].is_null() || r["advantage"].is_f64(), "{r}");
+        }
+    }
     // TensorBoard reads back exactly metrics.jsonl, across the two processes' event files.
     support::tensorboard::assert_tensorboard_matches_metrics(&dir.join("run"));
     assert!(dir.join("run/plots/overview.png").exists());
