@@ -8,9 +8,14 @@ use tools::World;
 
 /// `d` with its models trained quickly (seed 1, one epoch of BPR and of SASRec).
 pub fn quick_world(d: Prepared) -> World {
+    trained(d, 1)
+}
+
+/// `d` with its models trained with seed 1, `bpr_epochs` epochs of BPR and one of SASRec.
+pub fn trained(d: Prepared, bpr_epochs: usize) -> World {
     let opts = TrainOptions {
         seed: 1,
-        bpr_epochs: 1,
+        bpr_epochs,
         sasrec_epochs: 1,
         progress: false,
     };

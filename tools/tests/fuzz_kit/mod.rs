@@ -8,7 +8,6 @@ use datasets::{prepare, Episode, PrepareConfig};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::sync::OnceLock;
-use tools::models::TrainOptions;
 use tools::World;
 
 pub fn data() -> &'static Prepared {
@@ -27,13 +26,7 @@ pub fn data() -> &'static Prepared {
 }
 
 pub fn world_of(d: Prepared) -> World {
-    let opts = TrainOptions {
-        seed: 1,
-        bpr_epochs: 2,
-        sasrec_epochs: 1,
-        progress: false,
-    };
-    World::train(d, &opts).expect("training on the synthetic dataset")
+    testkit::world::trained(d, 2)
 }
 
 /// One training episode per user of fold `fold` (`leakage.rs`'s rotation over positions).
