@@ -1,22 +1,26 @@
 """The probability of each `rank_candidates` preset's first word where the agent names it
-("... ranked by" -> " all" | " what", then " users" | " tends" | " is"), read with
-transformers at every choice point of a model's `eval --trajectories` files (the chat
-template's rendering of each trajectory up to that point).
+("... ranked by" -> " all" | " collaborative" | " sequential" | " popular", or " what", the
+first word of three presets in the teacher's older wording, then " users" | " tends" | " is"),
+read with transformers at every choice point of a model's `eval --trajectories` files (the
+chat template's rendering of each trajectory up to that point).
 
     .venv/bin/python scripts/choice_probs.py MODEL_DIR eval-sft-sparse.jsonl eval-sft-dense.jsonl
 """
 import json, sys, torch
 from transformers import AutoTokenizer, AutoModelForCausalLM
+if len(sys.argv) < 3:
+    sys.exit(__doc__)
 model_dir, files = sys.argv[1], sys.argv[2:]
 tok = AutoTokenizer.from_pretrained(model_dir)
 m = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
 torch.set_num_threads(2)
-words = {"all": " all", "what": " what"}
-ids = {k: tok.encode(v, add_special_tokens=False) for k, v in words.items()}
+words = ["all", "collaborative", "sequential", "popular", "what"]
+ids = {w: tok.encode(" " + w, add_special_tokens=False) for w in words}
 print("first tokens", ids)
 sub = {"users": " users", "tends": " tends", "is": " is"}
 sids = {k: tok.encode(v, add_special_tokens=False)[0] for k, v in sub.items()}
-tot = {"all": 0.0, "what": 0.0}; n = 0; greedy_all = 0; subtot = {k: 0.0 for k in sub}
+tot = {w: 0.0 for w in words}; top = {w: 0 for w in words}; n = 0
+subtot = {k: 0.0 for k in sub}
 for f in files:
     for line in open(f):
         r = json.loads(line)
@@ -30,10 +34,12 @@ for f in files:
         text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) + cut
         x = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
         with torch.no_grad():
-            logits = m(x).logits[0, -1]
-        p = logits.softmax(-1)
-        pa, pw = p[ids["all"][0]].item(), p[ids["what"][0]].item()
-        tot["all"] += pa; tot["what"] += pw; n += 1; greedy_all += pa > pw
+            p = m(x).logits[0, -1].softmax(-1)
+        probs = {w: p[ids[w][0]].item() for w in words}
+        for w in words:
+            tot[w] += probs[w]
+        top[max(probs, key=probs.get)] += 1
+        n += 1
         with torch.no_grad():
             x2 = tok(text + " what", return_tensors="pt", add_special_tokens=False).input_ids
             p2 = m(x2).logits[0, -1].softmax(-1)
@@ -41,5 +47,6 @@ for f in files:
             subtot[kk] += p2[t].item()
 if n == 0:
     sys.exit("no assistant turn names a preset ('ranked by') in these files")
-print(f"{n} choice points: mean P(' all') {tot['all']/n:.3f}, P(' what') {tot['what']/n:.3f}; ' all' more likely on {greedy_all}")
+print(f"{n} choice points; mean probability of each first word:", {w: round(v / n, 3) for w, v in tot.items()})
+print("the most likely of them, at how many points:", top)
 print("after ' what':", {k: round(v / n, 3) for k, v in subtot.items()})

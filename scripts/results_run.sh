@@ -7,11 +7,17 @@
 #   sparse and dense, USERS users each (the baselines' 100 by default).
 # Reuses checkpoints/pipeline/{ml-100k.h5, sft.jsonl, baseline-*} from scripts/run_pipeline.sh
 # (run that first). A stage whose output exists is skipped; `sft`/`rl` also take --resume.
+# An experiment runs the same script on its own configs and directories, e.g.
+#   CONFIGS=configs/results/explore OUT=checkpoints/results-explore \
+#   REL=checkpoints/results-explore/adapter CONSTRAINED=0 scripts/results_run.sh
+# (its configs' paths must point under OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/recthinker}
 DATA=checkpoints/pipeline/ml-100k.h5
-OUT=checkpoints/results
+OUT=${OUT:-checkpoints/results}
+CONFIGS=${CONFIGS:-configs/results}
+CONSTRAINED=${CONSTRAINED:-1}   # 0: skip the constrained-answer rows
 USERS=${USERS:-100}
 mkdir -p "$OUT"
 [ -x "$BIN" ] || cargo build --release -p trainer
@@ -36,11 +42,11 @@ for subset in sparse dense; do
 done
 if [ ! -f "$OUT/sft.jsonl" ]; then
   stamp "synth (scripted teacher, every training episode)"
-  "$BIN" synth --config configs/results/synth.toml
+  "$BIN" synth --config "$CONFIGS/synth.toml"
 fi
 if [ ! -d "$OUT/sft-export" ]; then
   stamp "SFT"
-  "$BIN" sft --config configs/results/sft.toml $( [ -d "$OUT/sft/checkpoints" ] && echo --resume )
+  "$BIN" sft --config "$CONFIGS/sft.toml" $( [ -d "$OUT/sft/checkpoints" ] && echo --resume )
   "$BIN" export --checkpoint "$OUT/sft" --select best --out "$OUT/sft-export"
 fi
 # One job at a time: each gets both cores, and the stamps are honest durations.
@@ -48,23 +54,24 @@ stamp "evaluate the SFT model"
 evaluate sft "$OUT/sft-export" > "$OUT/eval-sft.log" 2>&1
 if [ ! -d "$OUT/final-export" ]; then
   stamp "GRPO from the SFT model"
-  "$BIN" rl --config configs/results/rl.toml $( [ -d "$OUT/rl/checkpoints" ] && echo --resume )
+  "$BIN" rl --config "$CONFIGS/rl.toml" $( [ -d "$OUT/rl/checkpoints" ] && echo --resume )
   # The last checkpoint is released (validation on 16 users is too small to select on).
   "$BIN" export --checkpoint "$OUT/rl" --select latest --out "$OUT/final-export"
 fi
 # The released model: base + SFT (r32, merged) + GRPO (r16) as one rank-32 PEFT adapter on the
 # public base (truncated SVD of the difference; extraction.json says how much it keeps), with
 # the configs that made it. It is what the SFT+GRPO rows evaluate.
-REL=checkpoints/released/smollm2-135m-recthinker
+REL=${REL:-checkpoints/released/smollm2-135m-recthinker}
 if [ ! -f "$REL/adapter_model.safetensors" ]; then
   stamp "extract the released adapter"
   "$BIN" adapter --model "$OUT/final-export" --base checkpoints/base/SmolLM2-135M-Instruct \
     --rank 32 --out "$REL"
-  cp configs/results/{synth,sft,rl}.toml "$REL/"
+  cp "$CONFIGS"/{synth,sft,rl}.toml "$REL/"
 fi
 stamp "evaluate the SFT+GRPO model (the released adapter)"
 evaluate sft-grpo "$REL"
 for subset in sparse dense; do # the same model with the answer constrained to a permutation
+  [ "$CONSTRAINED" = 0 ] && break
   [ -f "$OUT/eval-sft-grpo-constrained-$subset.json" ] && continue
   "$BIN" eval --data "$DATA" --model "$REL" --subset $subset --limit-users "$USERS" --max-new-tokens 192 \
     --constrained-answers --out "$OUT/eval-sft-grpo-constrained-$subset.json" \

@@ -135,12 +135,12 @@ pub fn scripted_with(
         }
     };
     let rank_now = format!(
-        "{situation} The collaborative models weigh all of this; I ask for the candidates ranked by {}.",
-        preset.describe()
+        "{situation} rank_candidates fuses the models' evidence for me; I ask for the candidates ranked by {}.",
+        evidence(preset)
     );
     let rank_after = format!(
-        "Now I ask for the candidates ranked by {}, which combines this with the collaborative models.",
-        preset.describe()
+        "Now I ask for the candidates ranked by {}.",
+        evidence(preset)
     );
     let plans: Vec<Vec<Step>> = vec![
         vec![rank(rank_now)],
@@ -208,4 +208,32 @@ pub fn scripted_with(
             }
         })
         .collect()
+}
+
+/// The evidence a plan asks for, as its reasoning names it: the preset's own name first, so
+/// the choice is one token (" all", " collaborative", " sequential", " popular" are single
+/// SmolLM2 tokens; `scripts/choice_probs.py` reads their probabilities). When three presets
+/// began with "what ...", greedy decoding committed to "what" before they separated.
+fn evidence(preset: Preset) -> &'static str {
+    match preset {
+        Preset::All => "all evidence, every model fused",
+        Preset::Collaborative => "collaborative evidence, what users with similar taste liked",
+        Preset::Sequential => "sequential evidence, what tends to follow their latest items",
+        Preset::Popular => {
+            "popular evidence, what is widely watched and co-watched with their history"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_preset_is_named_by_its_first_word() {
+        for p in Preset::ALL {
+            let first = evidence(p).split([' ', ',']).next();
+            assert_eq!(first, Some(p.name()), "{p:?}");
+        }
+    }
 }
