@@ -7,7 +7,11 @@ use std::path::Path;
 fn example_configs_parse() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
     let mut files = Vec::new();
-    for dir in [root.clone(), root.join("results"), root.join("results/explore")] {
+    for dir in [
+        root.clone(),
+        root.join("results"),
+        root.join("results/explore"),
+    ] {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
